@@ -1,0 +1,59 @@
+"""The shared data layer: sample records, readers, alignment, cache, clip sampling, splits, augmentation.
+
+Dataset parsers register here so that `common.prepare` and the DataModules find them by name:
+
+    from common.data import register_dataset
+
+    @register_dataset("casme2", task="microexp")
+    def casme2(root: Path) -> list[Sample]: ...
+
+A name registered with a task is looked up as "task/name" first, so the same dataset may mean different
+samples for two tasks (CAS(ME)³ clips for `microexp`, its long videos for `spotting`).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from common.data.records import Interval, Sample, sample_key
+
+DatasetParser = Callable[[Path], "list[Sample]"]
+DATASETS: dict[str, DatasetParser] = {}
+
+__all__ = ["DATASETS", "Interval", "Sample", "dataset_parser", "load_samples", "register_dataset", "sample_key"]
+
+
+def register_dataset(name: str, task: str | None = None):
+    """Decorator: make a parser `(root) -> list[Sample]` known as `name` (or `task/name`)."""
+    def add(parser: DatasetParser) -> DatasetParser:
+        DATASETS[f"{task}/{name}" if task else name] = parser
+        return parser
+    return add
+
+
+def dataset_parser(dataset: str, task: str | None = None) -> DatasetParser:
+    """The parser for `dataset`; importing `<task>.data` first lets a task's parsers register themselves."""
+    if task:
+        _import_task_parsers(task)
+        if f"{task}/{dataset}" in DATASETS:
+            return DATASETS[f"{task}/{dataset}"]
+    if dataset in DATASETS:
+        return DATASETS[dataset]
+    known = ", ".join(sorted(DATASETS)) or "none registered"
+    raise KeyError(f"unknown dataset {dataset!r}{f' for task {task!r}' if task else ''}; known: {known}")
+
+
+def _import_task_parsers(task: str) -> None:
+    try:
+        importlib.import_module(f"{task}.data")
+    except ModuleNotFoundError as error:
+        if error.name not in (task, f"{task}.data"):
+            raise  # the task's module exists but one of its imports is missing: say so
+
+
+def load_samples(dataset: str, root: Path | str, task: str | None = None) -> list[Sample]:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: dataset root of {dataset!r} not found")
+    return list(dataset_parser(dataset, task)(root))

@@ -1,0 +1,49 @@
+"""Base LightningDataModule: loaders with the settings every task wants."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Args:
+        batch_size: per-device batch size (keep it even when Mixup/CutMix is on).
+        num_workers: loader processes per device.
+        seed: seed of the data split and of synthetic data.
+    """
+
+    dataset_name: str = "data"
+    fold: int | None = None
+
+    def __init__(self, batch_size: int = 32, num_workers: int = 2, seed: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"--data.batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def loader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
+        """Training drops the last partial batch: Mixup pairs samples and BatchNorm dislikes tiny batches."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def subject_ranges(counts: Sequence[int], start: int = 0) -> list[list[int]]:
+    """Consecutive, disjoint subject-id blocks, e.g. (24, 6, 6) -> train, val, test identities."""
+    blocks, first = [], start
+    for count in counts:
+        blocks.append(list(range(first, first + count)))
+        first += count
+    return blocks

@@ -1,0 +1,90 @@
+"""LightningCLI with the project's run layout: named run directories, default loggers, forced checkpointing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from common.tasks import TaskSpec
+from common.tracking import RUN_DIR_ENV, RunSettings, latest_run_with_last_checkpoint, make_loggers, new_run_dir
+
+
+class TaskCLI(LightningCLI):
+    def __init__(self, *args, spec: TaskSpec, **kwargs) -> None:
+        self.spec = spec
+        self.task = spec.name
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunSettings, "run")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        for source, target in self.spec.links:
+            parser.link_arguments(source, target, apply_on="instantiate")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}", "checkpoint.auto_insert_metric_name": False})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+
+    def after_instantiate_classes(self) -> None:
+        self.model.run_config = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand]
+        settings: RunSettings = config.run
+        name, group, tags = self.run_identity(settings)
+        run_dir = self.resolve_run_dir(Path(settings.root) / self.task / name, config)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        checkpoint: ModelCheckpoint = config.checkpoint
+        if checkpoint.dirpath is None:
+            checkpoint.dirpath = str(run_dir / "checkpoints")
+        trainer_config = config.trainer
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = make_loggers(settings, run_dir, name, group, tags, self.subcommand)
+        kwargs.setdefault("default_root_dir", str(run_dir))
+        callbacks = list(trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = callbacks + [RichProgressBar()]
+        rank_zero_info(f"run directory: {run_dir}")
+        return super().instantiate_trainer(**kwargs)
+
+    def run_identity(self, settings: RunSettings) -> tuple[str, str, list[str]]:
+        """Name, group and tags from task, dataset, architecture and fold."""
+        dataset = getattr(self.datamodule, "dataset_name", "data")
+        arch = getattr(self.model, "arch_name", type(self.model).__name__)
+        fold = getattr(self.datamodule, "fold", None)
+        suffix = f"-fold{fold}" if fold is not None else ""
+        name = settings.name or f"{dataset}-{arch}{suffix}"
+        tags = [self.task, dataset, arch] + ([f"fold{fold}"] if fold is not None else [])
+        return name, f"{self.task}-{dataset}", tags
+
+    def resolve_run_dir(self, base: Path, config) -> Path:
+        """Rank 0 picks the directory; DDP ranks it launches inherit the choice through the environment."""
+        if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            return Path(os.environ[RUN_DIR_ENV])
+        if config.get("ckpt_path") == "last":
+            resumed = latest_run_with_last_checkpoint(base)
+            if resumed is None:
+                raise SystemExit(f"--ckpt_path last: no checkpoints/last.ckpt under {base}/version_*")
+            return resumed
+        return new_run_dir(base)
+
+
+def resolve_precision(precision, accelerator):
+    """`null` means the fastest safe choice for the hardware: bf16 mixed where supported, else fp16 on GPUs, fp32 on CPUs.
+
+    An explicit bf16 request on a GPU without bf16 falls back to fp16 mixed precision instead of failing.
+    """
+    on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if precision is None:
+        if on_gpu:
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
+    if isinstance(precision, str) and precision.startswith("bf16") and on_gpu and not torch.cuda.is_bf16_supported():
+        rank_zero_warn(f"precision {precision!r} is not supported by this GPU; using '16-mixed'")
+        return "16-mixed"
+    return precision

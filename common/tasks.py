@@ -1,0 +1,58 @@
+"""The task registry: which LightningModule and LightningDataModule make a task, and its default recipe.
+
+Classes are named by import path so that choosing a task (or reporting an unknown one) costs no import of
+torch or of the other tasks.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    module: str
+    datamodule: str
+    default_config: str
+    # Values the model takes from the instantiated data module (class names, input size, ...).
+    links: tuple[tuple[str, str], ...] = ()
+
+    def module_class(self) -> type:
+        return _import_object(self.module)
+
+    def datamodule_class(self) -> type:
+        return _import_object(self.datamodule)
+
+    def config_files(self) -> list[str]:
+        return [str(CONFIG_DIR / "trainer.yaml"), str(CONFIG_DIR / self.default_config)]
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("emotion", "emotion.module.EmotionModule", "emotion.data.EmotionDataModule", "emotion/synthetic.yaml",
+                 links=(("data.class_names", "model.init_args.class_names"),
+                        ("data.image_size", "model.init_args.image_size"))),
+    )
+}
+
+
+class UnknownTaskError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown task {self.args[0]!r}; registered tasks: {', '.join(sorted(TASKS))}"
+
+
+def get_task(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(name) from None
+
+
+def _import_object(path: str):
+    module_name, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)

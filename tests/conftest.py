@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Tiny emotion runs: 64 px synthetic faces, a handful of identities, no worker processes.
+TINY_EMOTION = [
+    "--data.image_size", "64", "--data.subjects", "[2, 1, 1]", "--data.per_subject", "8",
+    "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+    "--trainer.devices", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_tracking(monkeypatch, tmp_path):
+    """No test may reach W&B or read the developer's credentials."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("FACEX_RUN_DIR", raising=False)
+
+
+def run_train(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """train.py in a subprocess, as a user runs it (DDP relaunches need a real command line); None unsets a variable."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
