@@ -22,6 +22,14 @@ def mix_batch(mixer: Mixup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
         raise ValueError(f"Mixup/CutMix needs an even batch, got {x.shape[0]}: use an even batch_size (train loader drops the last batch)")
     if x.ndim == 5:
         n, t, c, h, w = x.shape
-        mixed, target = mixer(x.reshape(n, t * c, h, w), y)
+        mixed, target = _mix(mixer, x.reshape(n, t * c, h, w), y)
         return mixed.reshape(n, t, c, h, w), target
-    return mixer(x, y)
+    return _mix(mixer, x, y)
+
+
+def _mix(mixer: Mixup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm builds targets from class indices only; soft labels (FERPlus votes) are mixed with the same lambda."""
+    if y.ndim == 1:
+        return mixer(x, y)
+    lam = mixer._mix_batch(x)  # mixes x in place, returns the weight of the unflipped batch
+    return x, y * lam + y.flip(0) * (1 - lam)

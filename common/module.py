@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import weakref
+from contextlib import nullcontext
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -14,7 +16,7 @@ from torch import nn
 from common.contract import CONTRACTS, Contract
 from common.figures import confusion_figure, per_class_figure, publish
 from common.metrics import classification_metrics, split_results
-from common.optim import build_optimizer, build_scheduler
+from common.optim import build_optimizer, build_scheduler, is_sam
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,24 +41,33 @@ class TaskModule(L.LightningModule):
     """What every task shares: optimiser/schedule from plain arguments, the task id in checkpoints, the export hook.
 
     Args:
-        optimizer: adamw | adam | sgd.
+        optimizer: adamw | adam | sgd, or sam_adamw | sam_adam | sam_sgd: sharpness-aware minimisation around
+            that optimiser (two forward/backward passes per step, see `sam_training_step`).
         lr: peak learning rate.
-        weight_decay: decoupled weight decay (not applied to norms and biases).
-        scheduler: cosine | exponential | none (stepped every batch).
+        weight_decay: weight decay (not applied to norms and biases); decoupled for adamw, L2 for adam and sgd.
+        scheduler: cosine | exponential | step | none (stepped every batch).
         warmup_epochs: linear warm-up length, in epochs (fractions allowed).
-        lr_gamma: per-epoch decay factor of the exponential schedule.
+        lr_gamma: decay factor of the exponential (every epoch) and step (every `lr_step_epochs`) schedules.
         min_lr_ratio: final learning rate of the cosine schedule, relative to `lr`.
+        sam_rho: SAM's neighbourhood radius.
+        lr_step_epochs: epochs between decays of the step schedule.
+
+    Subclasses implement `compute_loss(batch)`; the training step (plain or SAM) is shared.
     """
 
     task: ClassVar[str] = ""
 
     def __init__(self, optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.05,
                  scheduler: str = "cosine", warmup_epochs: float = 0.0, lr_gamma: float = 0.9,
-                 min_lr_ratio: float = 0.01):
+                 min_lr_ratio: float = 0.01, sam_rho: float = 0.05, lr_step_epochs: int = 10):
         super().__init__()
         self.optim_config = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
-                                 warmup_epochs=warmup_epochs, lr_gamma=lr_gamma, min_lr_ratio=min_lr_ratio)
+                                 warmup_epochs=warmup_epochs, lr_gamma=lr_gamma, min_lr_ratio=min_lr_ratio,
+                                 sam_rho=sam_rho, lr_step_epochs=lr_step_epochs)
         self.run_config: str | None = None
+        # SAM runs its two passes itself; everything else keeps Lightning's loop
+        self.automatic_optimization = not is_sam(optimizer)
+        self._clipping: tuple[weakref.ref, float, str | None] | None = None
 
     @property
     def contract(self) -> Contract:
@@ -68,12 +79,78 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_config
-        optimizer = build_optimizer(self, cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
+        optimizer = build_optimizer(self, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["sam_rho"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(optimizer, cfg["scheduler"], total, per_epoch, cfg["warmup_epochs"],
-                                    cfg["lr_gamma"], cfg["min_lr_ratio"])
+                                    cfg["lr_gamma"], cfg["min_lr_ratio"], cfg["lr_step_epochs"])
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # --- training step: one loss function, run once (plain) or twice (SAM) per step ---
+    def compute_loss(self, batch) -> torch.Tensor:
+        """The training loss of a batch. Must not log or draw new randomness for the batch (augmentation, mixing):
+        SAM evaluates it twice on the same batch and both passes must see the same samples."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int):
+        loss = self.compute_loss(batch) if self.automatic_optimization else self.sam_training_step(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def sam_training_step(self, batch) -> torch.Tensor:
+        """Gradient at w, climb to w + e, gradient there, update w; returns the loss at w.
+
+        Under DDP the first backward does not all-reduce: each rank climbs along its own gradient, as in the SAM
+        paper's m-sharpness (m = per-device batch). Only the second gradient is synchronised, and every rank steps
+        from the same w with it, so the replicas stay identical.
+        """
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        with self._local_backward():
+            loss = self.compute_loss(batch)
+            self.manual_backward(loss)
+
+        def perturbed_pass() -> torch.Tensor:
+            perturbed = self.compute_loss(batch)
+            self.manual_backward(perturbed)
+            self._clip_gradients_manually(optimizer)
+            return perturbed
+
+        optimizer.step(closure=perturbed_pass)  # SAM.step: climb, run the closure, return and update
+        optimizer.zero_grad()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # every schedule from build_scheduler is per step
+            scheduler.step()
+        return loss.detach()
+
+    def _local_backward(self):
+        block = getattr(self.trainer.strategy, "block_backward_sync", None)
+        return block() if block is not None else nullcontext()
+
+    def configure_callbacks(self):
+        # Lightning rejects Trainer(gradient_clip_val) under manual optimisation, before any other hook runs; SAM
+        # takes the setting over here and clips the perturbed gradient itself.
+        if not self.automatic_optimization:
+            self._take_over_gradient_clipping()
+        return []
+
+    def _take_over_gradient_clipping(self) -> None:
+        trainer = self.trainer
+        if trainer.gradient_clip_val:
+            self._clipping = (weakref.ref(trainer), float(trainer.gradient_clip_val), trainer.gradient_clip_algorithm)
+            trainer.gradient_clip_val = None
+        elif self._clipping is not None and self._clipping[0]() is not trainer:
+            self._clipping = None
+
+    def _clip_gradients_manually(self, optimizer) -> None:
+        if self._clipping is not None:
+            _, value, algorithm = self._clipping
+            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
+    def on_fit_start(self) -> None:
+        if not self.automatic_optimization and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError("SAM optimisers need bf16-mixed or 32-true precision: fp16 loss scaling (GradScaler) "
+                             "steps the optimiser without the closure SAM's second pass runs in")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["task"] = self.task

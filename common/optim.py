@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "exponential", "none")
+from common.sam import SAM
+
+BASE_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": partial(torch.optim.SGD, momentum=0.9, nesterov=True),
+}
+SAM_PREFIX = "sam_"
+OPTIMIZERS = (*BASE_OPTIMIZERS, *(SAM_PREFIX + name for name in BASE_OPTIMIZERS))
+SCHEDULERS = ("cosine", "exponential", "step", "none")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -20,20 +30,26 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def is_sam(name: str) -> bool:
+    return name.startswith(SAM_PREFIX)
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    sam_rho: float = 0.05) -> torch.optim.Optimizer:
+    """`adamw | adam | sgd`, or `sam_<base>`: SAM (common/sam.py) with radius `sam_rho` around that base."""
+    base = name[len(SAM_PREFIX):] if is_sam(name) else name
+    if base not in BASE_OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
     groups = parameter_groups(model, weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
+    if is_sam(name):
+        return SAM(groups, BASE_OPTIMIZERS[base], rho=sam_rho, lr=lr)
+    return BASE_OPTIMIZERS[base](groups, lr=lr)
 
 
 def build_scheduler(optimizer, name: str, total_steps: int, steps_per_epoch: int, warmup_epochs: float,
-                    gamma: float, min_lr_ratio: float) -> dict | None:
-    """A per-step LambdaLR: linear warm-up, then cosine to `min_lr_ratio` or exponential decay by `gamma` per epoch."""
+                    gamma: float, min_lr_ratio: float, step_epochs: int = 1) -> dict | None:
+    """A per-step LambdaLR: linear warm-up, then cosine to `min_lr_ratio`, or decay by `gamma` every epoch
+    (`exponential`, torch's ExponentialLR) or every `step_epochs` epochs (`step`, torch's StepLR)."""
     if name == "none" and warmup_epochs == 0:
         return None
     if name not in SCHEDULERS:
@@ -46,8 +62,9 @@ def build_scheduler(optimizer, name: str, total_steps: int, steps_per_epoch: int
         if name == "cosine":
             progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
             return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        if name == "exponential":
-            return gamma ** ((step - warmup) // max(1, steps_per_epoch))
+        if name in ("exponential", "step"):
+            period = steps_per_epoch * (step_epochs if name == "step" else 1)
+            return gamma ** ((step - warmup) // max(1, period))
         return 1.0
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}

@@ -268,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         frames = frame_settings_from(args)
         samples = load_samples(args.dataset, args.root, args.task)[: args.limit]
+        # The task's data module registers its parsers and reader kinds; worker processes need them too.
+        imports = [f"{args.task}.data", *args.imports]
         report = prepare(samples, args.out, args.root, args.task, args.dataset, frames, args.workers,
-                         args.skip_failed, imports=args.imports)
+                         args.skip_failed, imports=imports)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to continue {args.out}", file=sys.stderr)
         return 130

@@ -204,3 +204,16 @@ def dan_module_pairs(num_heads: int = 4) -> list[tuple[str, str]]:
 
 def dan_key_map(num_heads: int = 4) -> ModuleKeyMap:
     return ModuleKeyMap(dan_module_pairs(num_heads))
+
+
+def create_dan(num_classes: int, pretrained: str | Path | None = None, **kwargs) -> DAN:
+    """Registry entry (``emotion.model.MODELS``): DAN with ``num_classes`` outputs.
+
+    ``pretrained`` is a whole official DAN checkpoint (``{"model_state_dict": ...}``); the MS-Celeb ResNet-18
+    initialisation (``backbone_weights``), ``num_heads`` and the loss weights come through ``kwargs``, i.e.
+    ``--model.model_kwargs``.
+    """
+    model = DAN(num_classes, **kwargs)
+    if pretrained is not None:
+        model.load_official_checkpoint(pretrained, allow_pickle=kwargs.get("allow_pickle", False))
+    return model

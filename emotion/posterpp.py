@@ -439,3 +439,16 @@ def posterpp_key_map(include_unused: bool = False) -> ModuleKeyMap:
         dropped += ["ir_back.output_layer", "VIT.patch_embed", "VIT.eca_block", "VIT.CON1", "VIT.IRLinear1",
                     "VIT.IRLinear2"] + [f"VIT.blocks.{b}.conv" for b in range(FUSION_DEPTH)]
     return ModuleKeyMap(posterpp_module_pairs(include_unused), dropped)
+
+
+def create_posterpp(num_classes: int, pretrained: str | Path | None = None, **kwargs) -> PosterPP:
+    """Registry entry (``emotion.model.MODELS``): POSTER++ with ``num_classes`` outputs.
+
+    ``pretrained`` is a whole official POSTER++ checkpoint (e.g. ``raf-db-model_best.pth``); the branch
+    initialisations (``ir50_weights``, ``landmark_weights``) and every other ``PosterPP`` argument come through
+    ``kwargs``, i.e. ``--model.model_kwargs``.
+    """
+    model = PosterPP(num_classes, **kwargs)
+    if pretrained is not None:
+        model.load_official_checkpoint(pretrained, allow_pickle=kwargs.get("allow_pickle", False))
+    return model

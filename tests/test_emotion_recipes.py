@@ -1,0 +1,104 @@
+"""The emotion recipes under configs/emotion/: they parse, say what to expect and how to run them, carry the
+published hyper-parameters, and each architecture trains a step with its recipe on the synthetic faces."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+import yaml
+
+from common.cli import main as train_main
+from tests.conftest import REPO
+
+CONFIGS = REPO / "configs" / "emotion"
+RECIPES = ["rafdb_posterpp", "affectnet7_posterpp", "affectnet8_posterpp", "rafdb_dan", "affectnet8_dan",
+           "fer2013_resnet18", "joint_posterpp"]
+
+# What each recipe must keep (see the sources quoted in the files): model, data and trainer values.
+EXPECTED = {
+    "rafdb_posterpp": ({"arch": "posterpp", "optimizer": "sam_adam", "sam_rho": 0.05, "lr": 3.5e-5,
+                        "weight_decay": 0.0, "scheduler": "exponential", "lr_gamma": 0.98},
+                       {"dataset": "rafdb", "num_classes": 7, "batch_size": 72, "balanced_sampler": False}, 200),
+    "affectnet7_posterpp": ({"arch": "posterpp", "optimizer": "sam_adam", "lr": 1e-6, "lr_gamma": 0.98},
+                            {"dataset": "affectnet_npy", "num_classes": 7, "batch_size": 72,
+                             "balanced_sampler": True}, 200),
+    "affectnet8_posterpp": ({"arch": "posterpp", "optimizer": "sam_adam", "lr": 1e-6, "lr_gamma": 0.98},
+                            {"dataset": "affectnet_npy", "num_classes": 8, "batch_size": 72,
+                             "balanced_sampler": True}, 200),
+    "rafdb_dan": ({"arch": "dan", "optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "scheduler": "step",
+                   "lr_step_epochs": 10, "lr_gamma": 0.1},
+                  {"dataset": "rafdb", "num_classes": 7, "batch_size": 128, "balanced_sampler": False}, 40),
+    "affectnet8_dan": ({"arch": "dan", "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0,
+                        "scheduler": "exponential", "lr_gamma": 0.6},
+                       {"dataset": "affectnet_npy", "num_classes": 8, "batch_size": 128, "balanced_sampler": True}, 10),
+    "fer2013_resnet18": ({"arch": "resnet18"}, {"dataset": "fer2013", "num_classes": 7}, 40),
+    "joint_posterpp": ({"arch": "posterpp", "optimizer": "sam_adam"},
+                       {"dataset": ["affectnet_npy", "rafdb", "fer2013"], "num_classes": 7,
+                        "balanced_sampler": True}, 40),
+}
+
+# The synthetic faces at a size every architecture accepts (POSTER++ resizes to 112 inside), two per batch.
+SYNTHETIC = ["--data.dataset", "synthetic", "--data.image_size", "64", "--data.subjects", "[2, 1, 1]",
+             "--data.per_subject", "4", "--data.batch_size", "2", "--data.num_workers", "0",
+             "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a few shared, busy cores, OpenMP workers waiting on each other make these steps
+    many times slower, not faster."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def printed_config(name: str, capsys) -> dict:
+    with pytest.raises(SystemExit) as done:
+        train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_every_recipe_is_tested():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(RECIPES + ["synthetic"])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_parses_and_keeps_the_published_values(name, capsys):
+    config = printed_config(name, capsys)
+    model, data, epochs = EXPECTED[name]
+    model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]
+    assert {k: model_args[k] for k in model} == pytest.approx(model)
+    assert {k: data_args[k] for k in data} == data
+    assert config["trainer"]["max_epochs"] == epochs
+    assert config["checkpoint"]["monitor"] == "val/acc" and config["checkpoint"]["mode"] == "max"
+    assert config["trainer"]["precision"] is None, "precision is left to the hardware default (bf16 where supported)"
+    assert model_args["mixup_alpha"] == 0 and model_args["cutmix_alpha"] == 0
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_header_states_expected_result_and_command(name):
+    header = [line for line in (CONFIGS / f"{name}.yaml").read_text().splitlines() if line.startswith("#")]
+    text = "\n".join(header)
+    assert "Expected:" in text
+    assert f"python train.py --task emotion fit --config configs/emotion/{name}.yaml" in text
+
+
+def test_published_recipes_augment_like_the_papers(capsys):
+    """POSTER++ flips and erases only; DAN adds its random affine map; neither jitters colour or crops."""
+    for name in ("rafdb_posterpp", "affectnet8_posterpp", "rafdb_dan", "affectnet8_dan"):
+        augment = printed_config(name, capsys)["model"]["init_args"]["augment"]
+        assert "hflip" in augment and "erasing" in augment
+        assert ("affine" in augment) == name.endswith("dan"), name
+        assert not {"color_jitter", "resized_crop"} & set(augment), name
+
+
+@pytest.mark.parametrize("name", ["rafdb_posterpp", "rafdb_dan", "affectnet8_dan", "fer2013_resnet18"])
+def test_recipe_trains_a_step_on_synthetic_faces(name, tmp_path):
+    """Branch weights are dropped (they are not in the repository); everything else is the recipe's, the
+    balanced sampler included."""
+    no_weights = ["--model.model_kwargs", "{resize_mode: nearest}" if "posterpp" in name else "{}"]
+    train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *SYNTHETIC, *no_weights,
+                "--trainer.fast_dev_run", "true", "--run.root", str(tmp_path), "--run.wandb", "false"])
