@@ -6,7 +6,8 @@ Trains through the real path (EmotionDataModule's synthetic split, EmotionModule
 `--train-ids` identities and prints, after every epoch, the accuracy on `--val-ids` identities it never saw
 (chance: 1/7). DAN from random initialisation is slow to start: its heads are summed after a log-softmax
 across heads, whose gradient vanishes while the heads are alike, so the published recipes start from an
-MS-Celeb ResNet-18. This is why the run lives here rather than in the test suite.
+MS-Celeb ResNet-18. The test suite therefore starts DAN from a trunk trained on the synthetic faces
+(tests/test_learning.py); this script shows the from-scratch behaviour.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -261,6 +262,13 @@ def frame_settings_from(args: argparse.Namespace) -> FrameSettings:
     return FrameSettings(align=align, span=span, context=args.context, stride=args.stride)
 
 
+def task_data_module(task: str) -> list[str]:
+    """`<task>.data` registers the task's parsers and reader kinds; worker processes must import it too."""
+    if importlib.util.find_spec(task) is None or importlib.util.find_spec(f"{task}.data") is None:
+        return []
+    return [f"{task}.data"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for module in args.imports:
@@ -268,8 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         frames = frame_settings_from(args)
         samples = load_samples(args.dataset, args.root, args.task)[: args.limit]
-        # The task's data module registers its parsers and reader kinds; worker processes need them too.
-        imports = [f"{args.task}.data", *args.imports]
+        imports = [*task_data_module(args.task), *args.imports]
         report = prepare(samples, args.out, args.root, args.task, args.dataset, frames, args.workers,
                          args.skip_failed, imports=imports)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ Where the real public sheet exists (CAS(ME)³ Part A, CAS(ME)², SAMM long video
 the chosen rows are copied cell for cell (types, text numbers, formulas, free-text rows included) and frames
 are generated for exactly those rows. `real_annotations()` finds the folder of public sheets.
 
+    emotion:   write_fer2013, write_ferplus, write_rafdb, write_affectnet, write_affectnet_npy
     microexp:  write_casme2, write_samm, write_smic, write_casme3
     au:        write_bp4d, write_disfa
     spotting:  write_casme2_lv, write_samm_lv
