@@ -26,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # `args=` is how the task flag stays out of LightningCLI while sys.argv stays intact for DDP ranks.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # Batches are moved and augmented by the task module on purpose (see its on_after_batch_transfer).
+    warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
     defaults = {"default_config_files": spec.config_files()}
     TaskCLI(

@@ -336,7 +336,7 @@ def test_data_module_shards_the_balanced_sampler_by_trainer_rank(trees):
 
 CLI_RUNS = {
     "fer2013": [],
-    "ferplus": ["--data.ferplus_mode", "soft", "--model.mixup_alpha", "0", "--model.cutmix_alpha", "0"],
+    "ferplus": ["--data.ferplus_mode", "soft", "--model.mixup_alpha", "0.2", "--model.cutmix_alpha", "1.0"],
     "rafdb": ["--data.balanced_sampler", "true"],
     "affectnet": ["--data.num_classes", "8"],
     "affectnet_npy": [],

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from common.cli import main as train_main
+from common.synth.formats.emotion import write_affectnet_npy, write_fer2013, write_rafdb
 from tests.conftest import REPO
 
 CONFIGS = REPO / "configs" / "emotion"
@@ -42,6 +43,13 @@ SYNTHETIC = ["--data.dataset", "synthetic", "--data.image_size", "64", "--data.s
              "--data.per_subject", "4", "--data.batch_size", "2", "--data.num_workers", "0",
              "--trainer.accelerator", "cpu", "--trainer.devices", "1",
              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+# Small settings shared by runs on real-format fixture trees; the dataset and its root come from the recipe.
+FIXTURE_RUN = ["--data.image_size", "64", "--data.batch_size", "2", "--data.num_workers", "0",
+               "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.fast_dev_run", "true",
+               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+WRITERS = {"rafdb": write_rafdb, "affectnet_npy": write_affectnet_npy, "fer2013": write_fer2013}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,3 +110,22 @@ def test_recipe_trains_a_step_on_synthetic_faces(name, tmp_path):
     no_weights = ["--model.model_kwargs", "{resize_mode: nearest}" if "posterpp" in name else "{}"]
     train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *SYNTHETIC, *no_weights,
                 "--trainer.fast_dev_run", "true", "--run.root", str(tmp_path), "--run.wandb", "false"])
+
+
+@pytest.fixture(scope="module")
+def dataset_trees(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("datasets")
+    for name, write in WRITERS.items():
+        write(base / name)
+    return {name: base / name for name in WRITERS}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_fits_on_its_datasets_in_their_real_format(name, dataset_trees, tmp_path, capsys):
+    """`--config <recipe> --data.root <tree>` as a user runs it, on trees written in each dataset's format."""
+    datasets = printed_config(name, capsys)["data"]["init_args"]["dataset"]
+    roots = [str(dataset_trees[d]) for d in (datasets if isinstance(datasets, list) else [datasets])]
+    no_weights = ["--model.model_kwargs", "{resize_mode: nearest}" if "posterpp" in name else "{}"]
+    train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *FIXTURE_RUN, *no_weights,
+                "--data.root", roots[0] if len(roots) == 1 else yaml.safe_dump(roots, default_flow_style=True).strip(),
+                "--run.root", str(tmp_path), "--run.wandb", "false"])
