@@ -25,6 +25,18 @@ def _offline_tracking(monkeypatch, tmp_path):
     monkeypatch.delenv("FACEX_RUN_DIR", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for CPU-heavy tests: on two shared cores, OpenMP workers waiting on each other make
+    them several times slower, not faster."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def run_train(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """train.py in a subprocess, as a user runs it (DDP relaunches need a real command line); None unsets a variable."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

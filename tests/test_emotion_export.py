@@ -19,14 +19,7 @@ from emotion.module import EmotionModule
 CLASSES = list(EMOTION_CLASSES[:7])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a few shared, busy cores, OpenMP workers waiting on each other make these CPU-bound
-    exports several times slower, not faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def calibrate_batchnorm(module: EmotionModule) -> None:

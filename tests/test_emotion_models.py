@@ -23,14 +23,7 @@ DAN_PUBLISHED = 19.7e6
 POSTERPP_UNUSED_OFFICIAL = 14_466_637
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: on a few shared cores, oversubscribed OpenMP workers make these CPU-bound tests
-    several times slower, not faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

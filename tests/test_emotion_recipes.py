@@ -4,7 +4,6 @@ from __future__ import annotations
 
 
 import pytest
-import torch
 import yaml
 
 from common.cli import main as train_main
@@ -52,14 +51,7 @@ FIXTURE_RUN = ["--data.image_size", "64", "--data.batch_size", "2", "--data.num_
 WRITERS = {"rafdb": write_rafdb, "affectnet_npy": write_affectnet_npy, "fer2013": write_fer2013}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a few shared, busy cores, OpenMP workers waiting on each other make these steps
-    many times slower, not faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def printed_config(name: str, capsys) -> dict:

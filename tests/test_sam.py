@@ -135,14 +135,6 @@ def test_build_optimizer_wraps_any_base_and_schedulers_reach_it():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a few shared, busy cores, OpenMP workers waiting on each other make training
-    steps many times slower, not faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class GradNormProbe(L.Callback):
@@ -157,7 +149,7 @@ class GradNormProbe(L.Callback):
         GradNormProbe.lrs.append(optimizer.param_groups[0]["lr"])
 
 
-def test_fit_with_sam_adam_steps_schedules_and_clips(tmp_path, one_thread):
+def test_fit_with_sam_adam_steps_schedules_and_clips(tmp_path, one_torch_thread):
     # the CLI imports the probe by its dotted name, which need not be the module object pytest collected
     probe = importlib.import_module("tests.test_sam").GradNormProbe
     probe.norms, probe.lrs = [], []
@@ -176,7 +168,7 @@ def test_fit_with_sam_adam_steps_schedules_and_clips(tmp_path, one_thread):
     assert len(probe.norms) == 2 and max(probe.norms) <= 0.05 * (1 + 1e-4)
 
 
-def test_fp16_loss_scaling_is_refused_with_sam(one_thread):
+def test_fp16_loss_scaling_is_refused_with_sam(one_torch_thread):
     from emotion.module import EmotionModule
 
     from lightning.pytorch.plugins import MixedPrecision
