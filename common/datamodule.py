@@ -1,11 +1,14 @@
 """Base LightningDataModule: loaders with the settings every task wants."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from common.data.splits import FOLDS_FILE, Split, load_folds, resolve_folds, split_fold
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -38,6 +41,21 @@ class TaskDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+    def subject_fold(self, subjects: Sequence[str], scheme: str, k: int, val_fraction: float) -> Split:
+        """Fold `self.fold` of a subject split; validation subjects come from its training subjects only.
+
+        The subject -> fold table is saved as folds.csv in the run directory and re-read from there, so a fold
+        re-runs exactly. Rank 0 writes it; other ranks read it when it is there, else derive the same table.
+        """
+        run_dir = self.trainer.log_dir if self.trainer is not None else None  # every rank asks: a collective
+        saved = Path(run_dir) / FOLDS_FILE if run_dir else None
+        if saved is not None and self.trainer.global_rank > 0:
+            folds = load_folds(saved) if saved.is_file() else resolve_folds(subjects, None, scheme, k, self.seed)
+        else:
+            folds = resolve_folds(subjects, run_dir and Path(run_dir), scheme, k, self.seed)
+        return split_fold(subjects, folds, self.fold, val_fraction, self.seed)
 
 
 def subject_ranges(counts: Sequence[int], start: int = 0) -> list[list[int]]:

@@ -411,13 +411,16 @@ class EmotionDataModule(TaskDataModule):
         val_fraction: share of each class of the training split held out for validation (FER2013 and FERPlus
             validate on PublicTest instead).
         balanced_sampler: draw every class equally often in training (sharded by rank under DDP).
+        fold: synthetic data only: split all `subjects` identities into folds (`fold_scheme` loso or kfold
+            with `num_folds`) and test on this one; `val_fraction` of the other identities validate. The table
+            is saved as folds.csv in the run directory.
     """
 
     def __init__(self, dataset: str | list[str] = "synthetic", num_classes: int = 7, image_size: int = 224,
                  subjects: tuple[int, int, int] = (24, 6, 6), per_subject: int = 42,
                  root: str | list[str] | None = None, cache: str | list[str | None] | None = None,
                  ferplus_mode: str = "majority", val_fraction: float = 0.1, balanced_sampler: bool = False,
-                 **loader):
+                 fold: int | None = None, fold_scheme: str = "kfold", num_folds: int = 5, **loader):
         super().__init__(**loader)
         if num_classes not in (7, 8):
             raise ValueError(f"--data.num_classes must be 7 or 8, got {num_classes}")
@@ -435,6 +438,10 @@ class EmotionDataModule(TaskDataModule):
         self.ferplus_mode = ferplus_mode
         self.val_fraction = val_fraction
         self.balanced_sampler = balanced_sampler
+        if fold is not None and self.datasets != ["synthetic"]:
+            raise ValueError(f"--data.fold: {self.dataset_name} has no subject ids to fold over; "
+                             "its official splits are used")
+        self.fold, self.fold_scheme, self.num_folds = fold, fold_scheme, num_folds
         self.train_set = self.val_set = self.test_set = None
 
     @property
@@ -462,7 +469,13 @@ class EmotionDataModule(TaskDataModule):
     def _setup_synthetic(self) -> None:
         from common.synth.datasets import SyntheticEmotionDataset
 
-        train, val, test = subject_ranges(self.subjects)
+        if self.fold is None:
+            train, val, test = subject_ranges(self.subjects)
+        else:
+            identities = [str(i) for i in range(sum(self.subjects))]
+            split = self.subject_fold(identities, self.fold_scheme, self.num_folds, self.val_fraction)
+            train, val, test = ([int(s) for s in part] for part in
+                                (split.train_subjects, split.val_subjects, split.test_subjects))
         make = lambda ids, offset: SyntheticEmotionDataset(ids, self.per_subject, self.num_classes, self.image_size,
                                                            seed=self.seed + offset)
         self.train_set, self.val_set, self.test_set = make(train, 0), make(val, 1), make(test, 2)

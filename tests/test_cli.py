@@ -7,6 +7,8 @@ import torch
 import yaml
 
 from common.cli import main, parse_task
+from common.data.splits import load_folds
+from emotion.data import EmotionDataModule
 from tests.conftest import TINY_EMOTION, run_train
 
 
@@ -98,3 +100,24 @@ def test_wandb_runs_offline_without_credentials_or_network(tmp_path):
 def _metric(run: Path, key: str) -> float:
     rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row.get(key)]
     return float(rows[-1][key])
+
+
+def test_fold_runs_are_named_by_fold_and_save_their_subject_table(tmp_path):
+    fit(tmp_path, "--data.subjects", "[4, 1, 1]", "--data.fold", "1", "--data.num_folds", "3",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    run = versions(tmp_path)[0]
+    assert run.parent.name.endswith("-fold1")
+    folds = load_folds(run / "folds.csv")
+    assert sorted(folds, key=int) == [str(i) for i in range(6)] and set(folds.values()) == {0, 1, 2}
+
+
+def test_a_fold_tests_on_its_own_subjects_and_validates_on_training_subjects():
+    data = EmotionDataModule(subjects=(4, 1, 1), per_subject=7, image_size=32, fold=2, num_folds=3, num_workers=0)
+    data.setup("fit")
+    train, val, test = (set(part.subjects) for part in (data.train_set, data.val_set, data.test_set))
+    assert train and val and test
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(range(6))
+    other = EmotionDataModule(subjects=(4, 1, 1), per_subject=7, image_size=32, fold=0, num_folds=3, num_workers=0)
+    other.setup("fit")
+    assert set(other.test_set.subjects).isdisjoint(test)
