@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -436,3 +437,22 @@ def test_onnx_export_matches_torch(factory, calibrate):
         assert got.shape == expected.shape
         assert np.abs(expected).max() > 1e-2  # guard against a degenerate, near-constant output
         assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_timm_backbone_loads_local_pretrained_weights_and_replaces_the_head(tmp_path):
+    from emotion.model import create_model
+
+    source = timm.create_model("resnet18")
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = create_model("resnet18", 7, str(tmp_path / "r18.pth"))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.out_features == 7
+
+
+def test_unknown_arch_and_missing_weights_are_clear_errors(tmp_path):
+    from emotion.model import create_model
+
+    with pytest.raises(ValueError, match="notamodel.*posterpp"):
+        create_model("notamodel", 7)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        create_model("resnet18", 7, str(tmp_path / "nope.pth"))
