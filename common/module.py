@@ -205,7 +205,8 @@ class ClassificationModule(TaskModule):
         self.metrics[stage].update(logits.float(), target)
         if stage == "test":
             probs = logits.float().softmax(-1).cpu()
-            names = ids if ids is not None else [None] * len(target)
+            start = len(self._test_rows)  # position in this rank's test stream when the data has no sample ids
+            names = ids if ids is not None else range(start, start + len(target))
             self._test_rows.extend(zip(names, target.cpu().tolist(), probs.argmax(-1).tolist(), probs.tolist()))
 
     def on_validation_epoch_end(self) -> None:
