@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from common.contract import CONTRACTS, METADATA_KEYS
 from common.export import export_module, verify
 from emotion.data import EMOTION_CLASSES
 from emotion.module import EmotionModule
+from tests.conftest import exported_metadata
 
 CLASSES = list(EMOTION_CLASSES[:7])
 
@@ -56,12 +55,7 @@ def test_module_exports_probs_matching_pytorch(arch, model_kwargs, tmp_path):
     report = verify(path, module.export_wrapper(), inputs, atol=1e-4, runs=1)
     assert report.max_abs_diff["probs"] <= 1e-4
 
-    model = onnx.load(str(path))
-    contract = CONTRACTS["emotion"]
-    assert [i.name for i in model.graph.input] == contract.input_names
-    assert [o.name for o in model.graph.output] == contract.output_names
-    metadata = {p.key: p.value for p in model.metadata_props}
-    assert set(METADATA_KEYS) <= set(metadata)
+    metadata = exported_metadata(path, "emotion")
     assert metadata["arch"] == arch and json.loads(metadata["classes"]) == CLASSES
     assert json.loads(metadata["input_size"]) == [224, 224]
 

@@ -2,15 +2,13 @@
 import json
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from common.cli import main as train_main
-from common.contract import CONTRACTS, METADATA_KEYS
 from common.export import ExportError, export_checkpoint, load_task_module, main
-from tests.conftest import TINY_EMOTION
+from tests.conftest import TINY_EMOTION, exported_metadata
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +24,7 @@ def test_export_matches_pytorch_and_records_metadata(checkpoint, tmp_path, capsy
     out = tmp_path / "emotion.onnx"
     assert main([str(checkpoint), str(out)]) == 0
     assert "max abs diff" in capsys.readouterr().out
-    model = onnx.load(str(out))
-    contract = CONTRACTS["emotion"]
-    assert [i.name for i in model.graph.input] == contract.input_names
-    assert [o.name for o in model.graph.output] == contract.output_names
-    metadata = {p.key: p.value for p in model.metadata_props}
-    assert set(METADATA_KEYS) <= set(metadata)
-    assert metadata["task"] == "emotion"
+    metadata = exported_metadata(out, "emotion")
     assert json.loads(metadata["classes"])[-1] == "contempt" and len(json.loads(metadata["classes"])) == 8
     assert "EmotionModule" in metadata["training_config"]
 
