@@ -1,12 +1,20 @@
-"""`train.py`'s command line: pick a task, then hand everything else to LightningCLI."""
+"""`train.py`'s command line: pick a task, then hand everything else to LightningCLI.
+
+A mistake of the user's (a missing file, a bad argument, a bad annotation row, an unreadable image) ends in one
+or two lines naming the file, row or flag at fault; `FACEX_DEBUG=1` shows the full traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Sequence
 
+from common.errors import concise
 from common.tasks import TASKS, get_task
+
+DEBUG_ENV = "FACEX_DEBUG"
 
 
 def parse_task(argv: Sequence[str]) -> tuple[str, list[str]]:
@@ -19,10 +27,21 @@ def parse_task(argv: Sequence[str]) -> tuple[str, list[str]]:
     return known.task, rest
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None):
+    """Run the command line; returns the LightningCLI object (its trainer, model and datamodule) to a caller."""
     task, rest = parse_task(sys.argv[1:] if argv is None else argv)
     spec = get_task(task)
-    from common.lightning_cli import TaskCLI
+    try:
+        return run(spec, rest)
+    except user_errors() as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"error: {concise(error)}\n(set {DEBUG_ENV}=1 to see the traceback)\n")
+        raise SystemExit(1) from None
+
+
+def run(spec, rest: list[str]):
+    from common.lightning_cli import ShortErrorParser, TaskCLI
 
     # `args=` is how the task flag stays out of LightningCLI while sys.argv stays intact for DDP ranks.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -30,10 +49,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
     defaults = {"default_config_files": spec.config_files()}
-    TaskCLI(
+    ShortErrorParser.arguments = list(rest)
+    return TaskCLI(
         spec.module_class(),
         spec.datamodule_class(),
         spec=spec,
+        parser_class=ShortErrorParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={cmd: defaults for cmd in ("fit", "validate", "test", "predict")},
@@ -41,3 +62,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         auto_configure_optimizers=False,
         args=rest,
     )
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: the project's own errors say what is wrong and where."""
+    from common.data.align import DetectorUnavailable, NoFaceError
+    from common.data.cache import CacheError
+    from common.data.readers import ReadError
+
+    return (FileNotFoundError, NotADirectoryError, ValueError, KeyError, ReadError, CacheError, NoFaceError,
+            DetectorUnavailable)

@@ -1,25 +1,34 @@
-"""The ONNX contract of each task: tensor names, shapes and the metadata keys a consumer can rely on.
+"""ONNX contracts: the dataclasses a task's contract is written in, and the checks an exported model must pass.
 
-Shared by export (which writes it), runtime (which reads it) and tests; it imports nothing heavy so the
-inference side can use it without training code.
+Each task declares its own contract next to its module (`<task>/contract.py`); export writes it, the runtime
+reads it, tests check it. This module imports nothing heavy, so the inference side can use it without training
+code.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"
 
-# Keys every exported model carries in `metadata_props`.
+# Keys every exported model carries in `metadata_props`. The preprocessing keys say how to make the input from a
+# camera frame without reading this repository: which face detector and landmarks, the 5-point template (in input
+# pixels) and margin of the similarity alignment, and the resize interpolation.
 METADATA_KEYS = (
     "task", "classes", "input_name", "input_layout", "input_size", "input_range", "normalisation",
-    "output_names", "fps", "clip_length", "training_config", "version", "contract_version",
+    "output_names", "output_activation", "fps", "clip_length", "face_detector", "landmark_scheme",
+    "align_template", "align_margin", "resize_interpolation", "training_config", "version", "contract_version",
 )
+
+
+class ContractError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple  # ints, or strings for symbolic axes ("N" batch, "C" classes)
+    shape: tuple  # ints, or strings for symbolic axes ("N" batch, "C" classes, "T" time)
+    activation: str = ""  # the graph's last operation on an output: "softmax", "sigmoid", or "" for none
 
 
 @dataclass(frozen=True)
@@ -41,20 +50,23 @@ class Contract:
         """Every symbolic axis stays dynamic in the graph (the batch axis, at least)."""
         axes = {}
         for spec in self.inputs + self.outputs:
-            named = {i: dim for i, dim in enumerate(spec.shape) if isinstance(dim, str) and dim == "N"}
+            named = {i: dim for i, dim in enumerate(spec.shape) if dim == "N"}
             if named:
                 axes[spec.name] = named
         return axes
 
 
-CONTRACTS: dict[str, Contract] = {
-    "emotion": Contract(
-        "emotion", (TensorSpec("image", ("N", 3, 224, 224)),), (TensorSpec("probs", ("N", "C")),), "NCHW"),
-    "microexp": Contract(
-        "microexp", (TensorSpec("clip", ("N", 16, 3, 224, 224)),), (TensorSpec("probs", ("N", "C")),), "NTCHW"),
-    "au": Contract(
-        "au", (TensorSpec("image", ("N", 3, 256, 256)),),
-        (TensorSpec("au_prob", ("N", 17)), TensorSpec("au_intensity", ("N", 17))), "NCHW"),
-    "spotting": Contract(
-        "spotting", (TensorSpec("frames", ("N", "T", 3, 224, 224)),), (TensorSpec("scores", ("N", "T", 3)),), "NTCHW"),
-}
+def check_model(model, contract: Contract) -> dict[str, str]:
+    """An onnx.ModelProto against `contract`: tensor names, metadata keys and task; returns the metadata."""
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != contract.input_names or outputs != contract.output_names:
+        raise ContractError(f"{contract.task} graph has inputs {inputs} and outputs {outputs}; the contract says "
+                            f"{contract.input_names} -> {contract.output_names}")
+    metadata = {p.key: p.value for p in model.metadata_props}
+    missing = [key for key in METADATA_KEYS if key not in metadata]
+    if missing:
+        raise ContractError(f"{contract.task} model lacks metadata keys {missing}")
+    if metadata["task"] != contract.task:
+        raise ContractError(f"model metadata says task {metadata['task']!r}, the contract is for {contract.task!r}")
+    return metadata

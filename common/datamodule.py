@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import lightning as L
 import torch
@@ -42,7 +42,6 @@ class TaskDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-
     def subject_fold(self, subjects: Sequence[str], scheme: str, k: int, val_fraction: float) -> Split:
         """Fold `self.fold` of a subject split; validation subjects come from its training subjects only.
 
@@ -65,3 +64,20 @@ def subject_ranges(counts: Sequence[int], start: int = 0) -> list[list[int]]:
         blocks.append(list(range(first, first + count)))
         first += count
     return blocks
+
+
+def per_dataset(value, names: Sequence[str], flag: str) -> list:
+    """One entry per dataset of a joint set, from a mapping `{dataset: value}` (the form every task accepts), a
+    list in the order of `names`, or a single value for a single dataset; None where none is given."""
+    if value is None:
+        return [None] * len(names)
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"--data.{flag} names {unknown}, which the data set ({'+'.join(names)}) does not hold")
+        return [value.get(name) for name in names]
+    values = [value] if isinstance(value, (str, Path)) else list(value)
+    if len(values) != len(names):
+        raise ValueError(f"--data.{flag} needs one entry per dataset ({'+'.join(names)}), got {len(values)}; "
+                         f"a mapping {{dataset: path}} names them")
+    return values

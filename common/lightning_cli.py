@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -9,14 +12,57 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from common.errors import concise
+from common.progress import LineProgress
 from common.tasks import TaskSpec
-from common.tracking import RUN_DIR_ENV, RunSettings, latest_run_with_last_checkpoint, make_loggers, new_run_dir
+from common.tracking import (RUN_DIR_ENV, RunSettings, latest_run_with_last_checkpoint, make_loggers, new_run_dir,
+                             trim_metrics)
+
+DEFAULT_ROOT = "runs"
+
+
+class ShortErrorParser(LightningArgumentParser):
+    """A wrong flag or config key ends in the message alone, naming the config file that holds the key; the full
+    usage is one `--help` away."""
+
+    arguments: list[str] = []  # the command line LightningCLI parses (set by common.cli)
+
+    def error(self, message: str, ex: Exception | None = None):
+        program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train.py"
+        text = concise(message)
+        key = re.search(r"(?:Option|Key) '([^']+)' is not (?:accepted|expected)", text)
+        holder = key and config_holding(key.group(1).split(".")[-1], config_arguments(self.arguments))
+        if holder:
+            text += f" (in {holder})"
+        sys.stderr.write(f"{program}: error: {text}\n(--help lists every option)\n")
+        raise SystemExit(2)
+
+
+def config_arguments(arguments: list[str]) -> list[str]:
+    found = []
+    for i, arg in enumerate(arguments):
+        if arg in ("--config", "-c") and i + 1 < len(arguments):
+            found.append(arguments[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def config_holding(key: str, files: list[str]) -> str | None:
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*:", re.MULTILINE)
+    for name in files:
+        path = Path(name)
+        if path.is_file() and pattern.search(path.read_text(errors="replace")):
+            return str(path)
+    return None
 
 
 class TaskCLI(LightningCLI):
     def __init__(self, *args, spec: TaskSpec, **kwargs) -> None:
         self.spec = spec
         self.task = spec.name
+        self.run_dir: Path | None = None
+        self.fresh_run = False
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -36,19 +82,22 @@ class TaskCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand]
         settings: RunSettings = config.run
+        trainer_config = config.trainer
         name, group, tags = self.run_identity(settings)
-        run_dir = self.resolve_run_dir(Path(settings.root) / self.task / name, config)
+        # Lightning's own --trainer.default_root_dir and --run.root both say where runs are kept
+        root = trainer_config.get("default_root_dir") or settings.root or DEFAULT_ROOT
+        run_dir = self.resolve_run_dir(Path(root) / self.task / name, config)
+        self.run_dir = run_dir
         os.environ[RUN_DIR_ENV] = str(run_dir)
         checkpoint: ModelCheckpoint = config.checkpoint
         if checkpoint.dirpath is None:
             checkpoint.dirpath = str(run_dir / "checkpoints")
-        trainer_config = config.trainer
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = make_loggers(settings, run_dir, name, group, tags, self.subcommand)
-        kwargs.setdefault("default_root_dir", str(run_dir))
+        kwargs["default_root_dir"] = str(run_dir)
         callbacks = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = callbacks + [RichProgressBar()]
+            kwargs["callbacks"] = callbacks + [RichProgressBar() if sys.stdout.isatty() else LineProgress()]
         rank_zero_info(f"run directory: {run_dir}")
         return super().instantiate_trainer(**kwargs)
 
@@ -70,8 +119,31 @@ class TaskCLI(LightningCLI):
             resumed = latest_run_with_last_checkpoint(base)
             if resumed is None:
                 raise SystemExit(f"--ckpt_path last: no checkpoints/last.ckpt under {base}/version_*")
+            trim_metrics(resumed, _checkpoint_step(resumed / "checkpoints" / "last.ckpt"))
             return resumed
+        self.fresh_run = True
         return new_run_dir(base)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            self.discard_failed_run()
+            raise
+
+    def discard_failed_run(self) -> None:
+        """A new run that failed before its first training step leaves no directory behind."""
+        trainer = getattr(self, "trainer", None)
+        started = trainer is not None and trainer.global_step > 0
+        if self.fresh_run and not started and self.run_dir is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            for parent in (self.run_dir.parent, self.run_dir.parent.parent):
+                if parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
 
 
 def resolve_precision(precision, accelerator):

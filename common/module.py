@@ -1,40 +1,23 @@
 """Base LightningModules: optimisation from config, the export hook, and classification bookkeeping."""
 from __future__ import annotations
 
-import csv
 import json
 import weakref
 from contextlib import nullcontext
-from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.contract import CONTRACTS, Contract
+from common.augment import AugmentSpec, Normalize, build_augmentation, to_float
+from common.contract import Contract
 from common.figures import confusion_figure, per_class_figure, publish
 from common.metrics import classification_metrics, split_results
+from common.mixing import make_mixer, mix_batch
 from common.optim import build_optimizer, build_scheduler, is_sam
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Normalize(nn.Module):
-    """Float RGB in [0, 1] -> the network's normalised input; lives inside exported graphs too.
-
-    Works on any [..., C, H, W] layout (images NCHW, clips NTCHW).
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+from common.predictions import PredictionWriter
 
 
 class TaskModule(L.LightningModule):
@@ -56,6 +39,7 @@ class TaskModule(L.LightningModule):
     """
 
     task: ClassVar[str] = ""
+    contract: ClassVar[Contract]
 
     def __init__(self, optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.05,
                  scheduler: str = "cosine", warmup_epochs: float = 0.0, lr_gamma: float = 0.9,
@@ -68,10 +52,7 @@ class TaskModule(L.LightningModule):
         # SAM runs its two passes itself; everything else keeps Lightning's loop
         self.automatic_optimization = not is_sam(optimizer)
         self._clipping: tuple[weakref.ref, float, str | None] | None = None
-
-    @property
-    def contract(self) -> Contract:
-        return CONTRACTS[self.task]
+        self._initial_weights_done = False
 
     @property
     def arch_name(self) -> str:
@@ -94,7 +75,7 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         loss = self.compute_loss(batch) if self.automatic_optimization else self.sam_training_step(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size_of(batch))
         return loss
 
     def sam_training_step(self, batch) -> torch.Tensor:
@@ -147,7 +128,29 @@ class TaskModule(L.LightningModule):
             _, value, algorithm = self._clipping
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
 
+    # --- pretrained weights: read when a run starts from scratch, never when a checkpoint is restored ---
+    def load_initial_weights(self) -> None:
+        """Read the local pretrained files this module was configured with (none by default)."""
+
+    def _initial_weights(self) -> None:
+        # By on_fit_start (and the evaluation hooks) Lightning has restored any checkpoint and knows its path;
+        # loading copies into the existing parameters, so optimisers and DDP replicas stay valid.
+        if not self._initial_weights_done:
+            self._initial_weights_done = True
+            if self.trainer.ckpt_path is None:
+                self.load_initial_weights()
+
+    def on_validation_start(self) -> None:
+        self._initial_weights()
+
+    def on_test_start(self) -> None:
+        self._initial_weights()
+
+    def on_predict_start(self) -> None:
+        self._initial_weights()
+
     def on_fit_start(self) -> None:
+        self._initial_weights()
         if not self.automatic_optimization and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             raise ValueError("SAM optimisers need bf16-mixed or 32-true precision: fp16 loss scaling (GradScaler) "
                              "steps the optimiser without the closure SAM's second pass runs in")
@@ -160,10 +163,12 @@ class TaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.run_config = checkpoint.get("run_config")
+        self._initial_weights_done = True
 
     # --- export hook: common/export.py knows no task by name, only these three methods ---
-    def export_wrapper(self) -> nn.Module:
-        """The graph to export: float RGB in [0, 1] in, the contract's outputs (activations included) out."""
+    def export_wrapper(self, activation: bool = True) -> nn.Module:
+        """The graph to export: float RGB in [0, 1] in, the contract's outputs out; with `activation=False` the
+        same graph stops before each output's activation (export compares those values, which do not saturate)."""
         raise NotImplementedError
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
@@ -171,50 +176,121 @@ class TaskModule(L.LightningModule):
         raise NotImplementedError
 
     def export_metadata(self) -> dict[str, str]:
+        """Metadata beside the contract's own keys; `training_config` is scrubbed of local paths by export."""
         return {"training_config": self.run_config or json.dumps(_jsonable(dict(self.hparams)), sort_keys=True)}
 
 
 class ClassificationModule(TaskModule):
-    """Single-label classification: soft-target cross-entropy, metrics per stage, figures, prediction CSVs."""
+    """Single-label classification of images or clips: the whole step lives here.
 
-    def __init__(self, class_names: Sequence[str], label_smoothing: float = 0.0,
-                 class_weights: list[float] | None = None, **optim):
+    On the device: uint8 -> float, augmentation, Mixup/CutMix (once per batch, so SAM's two passes see the same
+    samples); then loss (hard or soft targets, label smoothing, class weights), metrics and figures per stage, and
+    a predictions file for `test` and `predict`. A subclass builds `self.net` and names its arguments; it may add
+    `extra_loss` (DAN's auxiliary terms), `example_inputs` and its own metadata.
+
+    Batches are dicts: `input` (uint8 [B, C, H, W] or [B, T, C, H, W]), `target` (class index, or a probability
+    vector for soft labels, -1 where unknown), and the identity of each sample: `dataset`, `subject`, `sample`.
+
+    Args:
+        class_names: output classes, in order (linked from the data module).
+        image_size: input side (linked from the data module).
+        augment: device-side augmentation (common/augment.py): `true` for the default, `false` for none, or a
+            mapping from operation to its kornia arguments, e.g. `{hflip: {}, erasing: {scale: [0.02, 0.1]}}`.
+        mixup_alpha, cutmix_alpha, mix_prob: timm Mixup/CutMix (0 disables).
+        label_smoothing: for hard targets (Mixup/CutMix targets carry their own).
+        class_weights: one loss weight per class.
+        preprocessing: how inputs were cropped (linked from the data module; exported as model metadata).
+    """
+
+    def __init__(self, class_names: Sequence[str], image_size: int = 224, augment: AugmentSpec = True,
+                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
+                 label_smoothing: float = 0.0, class_weights: list[float] | None = None,
+                 preprocessing: dict[str, Any] | None = None, **optim):
         super().__init__(**optim)
         self.class_names = list(class_names)
+        self.image_size = image_size
         self.label_smoothing = label_smoothing
+        self.preprocessing = dict(preprocessing or {})
         if class_weights is not None and len(class_weights) != len(self.class_names):
             raise ValueError(f"class_weights has {len(class_weights)} values for {len(self.class_names)} classes")
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        self.metrics = nn.ModuleDict({stage: classification_metrics(len(self.class_names)) for stage in ("val", "test")})
-        self._test_rows: list[tuple] = []
+        self.normalize = Normalize()
+        self.augmenter = build_augmentation(image_size, augment)
+        self.mixer = make_mixer(mixup_alpha, cutmix_alpha, mix_prob, label_smoothing, self.num_classes)
+        self.metrics = nn.ModuleDict({stage: classification_metrics(self.num_classes) for stage in ("val", "test")})
+        self.predictions = PredictionWriter(self.class_names)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    # --- the network ---
+    def network(self, x: torch.Tensor):
+        """Normalised input -> logits, or a dict holding `logits` (and whatever `extra_loss` needs)."""
+        return self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float RGB in [0, 1] (NCHW images or NTCHW clips) -> logits."""
+        return logits_of(self.network(self.normalize(x)))
+
+    def extra_loss(self, output, target: torch.Tensor) -> torch.Tensor | float:
+        """Auxiliary training terms of an architecture (none by default)."""
+        return 0.0
+
+    # --- the step ---
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """uint8 arrives on the device; scaling, augmentation and mixing happen there, not in loader workers."""
+        batch = dict(batch)
+        x = to_float(batch["input"])
+        if self.training and self.augmenter is not None:
+            x = self.augmenter(x)
+        if self.training and self.mixer is not None:
+            x, batch["target"] = mix_batch(self.mixer, x, batch["target"])
+        batch["input"] = x
+        return batch
+
     def classification_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Hard labels get label smoothing; soft (Mixup/CutMix) targets already carry it."""
+        """Hard labels get label smoothing; soft (Mixup/CutMix, vote) targets already carry it."""
         if target.ndim == 2:
             log_probs = F.log_softmax(logits.float(), dim=-1)
             weights = self.class_weights if self.class_weights is not None else 1.0
             return -(target * weights * log_probs).sum(-1).mean()
         return F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
-    def update_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor, ids: Sequence | None = None) -> None:
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        output = self.network(self.normalize(batch["input"]))
+        loss = self.classification_loss(logits_of(output), batch["target"])
+        return loss + self.extra_loss(output, batch["target"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        probs = self(batch["input"]).float().softmax(-1)
+        self.predictions.add(batch, probs)
+        return probs
+
+    def _evaluate(self, stage: str, batch: dict) -> None:
+        logits = self(batch["input"])
+        target = batch["target"]
+        self.log(f"{stage}/loss", self.classification_loss(logits, target), sync_dist=True, batch_size=len(logits))
         self.metrics[stage].update(logits.float(), target)
         if stage == "test":
-            probs = logits.float().softmax(-1).cpu()
-            start = len(self._test_rows)  # position in this rank's test stream when the data has no sample ids
-            names = ids if ids is not None else range(start, start + len(target))
-            self._test_rows.extend(zip(names, target.cpu().tolist(), probs.argmax(-1).tolist(), probs.tolist()))
+            self.predictions.add(batch, logits.float().softmax(-1))
 
     def on_validation_epoch_end(self) -> None:
         self._finish_stage("val")
 
     def on_test_epoch_end(self) -> None:
         self._finish_stage("test")
-        self._write_predictions()
+        self.predictions.write(self.trainer)
+
+    def on_predict_epoch_end(self) -> None:
+        self.predictions.write(self.trainer)
 
     def _finish_stage(self, stage: str) -> None:
         scalars, per_class, confmat = split_results(self.metrics[stage].compute(), self.class_names)
@@ -228,18 +304,42 @@ class ClassificationModule(TaskModule):
             }
             publish(figures, self.trainer.loggers, out_dir, self.global_step)
 
-    def _write_predictions(self) -> None:
-        """Per-sample test predictions, so folds and datasets can be pooled and re-scored later."""
-        out_dir = self.trainer.log_dir
-        if not self._test_rows or out_dir is None:
-            return
-        path = Path(out_dir) / f"predictions_rank{self.global_rank}.csv"
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["sample", "target", "pred", *[f"p_{c}" for c in self.class_names]])
-            for sample, target, pred, probs in self._test_rows:
-                writer.writerow([sample, target, pred, *[f"{p:.6f}" for p in probs]])
-        self._test_rows.clear()
+    # --- export ---
+    def export_wrapper(self, activation: bool = True) -> nn.Module:
+        head = nn.Softmax(dim=-1) if activation else nn.Identity()
+        return nn.Sequential(self.normalize, LogitsOf(self.net), head).eval()
+
+    def export_metadata(self) -> dict[str, str]:
+        size = [self.image_size, self.image_size]
+        return {**super().export_metadata(), "classes": json.dumps(self.class_names), "input_size": json.dumps(size),
+                "output_activation": "softmax: the outputs are class probabilities",
+                **preprocessing_metadata(self.preprocessing)}
+
+
+def logits_of(output) -> torch.Tensor:
+    """Some architectures return a dict in training mode (DAN: logits plus what its extra losses need)."""
+    return output["logits"] if isinstance(output, Mapping) else output
+
+
+class LogitsOf(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.net(x))
+
+
+PREPROCESSING_KEYS = ("face_detector", "landmark_scheme", "align_template", "align_margin", "resize_interpolation")
+
+
+def preprocessing_metadata(preprocessing: Mapping[str, Any]) -> dict[str, str]:
+    """The crop recipe as metadata strings; JSON for anything that is not already text."""
+    values = {key: preprocessing.get(key, "") for key in PREPROCESSING_KEYS}
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
+
+def batch_size_of(batch) -> int | None:
+    return len(batch["input"]) if isinstance(batch, Mapping) and "input" in batch else None
 
 
 def _jsonable(value):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from common.sam import SAM
@@ -20,14 +21,14 @@ OPTIMIZERS = (*BASE_OPTIMIZERS, *(SAM_PREFIX + name for name in BASE_OPTIMIZERS)
 SCHEDULERS = ("cosine", "exponential", "step", "none")
 
 
+NO_DECAY_SUFFIXES = ("pos_embed", "cls_token")
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and embeddings: decaying them only hurts (standard timm practice)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token")) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """timm's groups: no weight decay on norms, biases (every 1-d tensor) and embeddings; decayed ones first."""
+    embeddings = [name for name, _ in model.named_parameters() if name.endswith(NO_DECAY_SUFFIXES)]
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=embeddings)
+    return sorted(groups, key=lambda group: group["weight_decay"] == 0)
 
 
 def is_sam(name: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Sequence
 from common.data import load_samples
 from common.data.align import AlignSettings, FaceAligner
 from common.data.cache import (SHARD_DIR, FrameSettings, ShardWriter, cache_sample, cache_settings, read_done,
-                               start_cache, write_index)
+                               start_cache, verify_cache, write_index)
 from common.data.readers import open_sample
 from common.data.records import Sample, sample_key
 
@@ -231,15 +231,19 @@ class Progress:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m common.prepare", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
-    parser.add_argument("--task", required=True, help="emotion, microexp, au or spotting")
-    parser.add_argument("--dataset", required=True, help="a dataset name its task registers")
-    parser.add_argument("--root", required=True, type=Path, help="the dataset as distributed")
-    parser.add_argument("--out", required=True, type=Path, help="cache folder (created, or resumed)")
+    parser.add_argument("--task", help="emotion, microexp, au or spotting")
+    parser.add_argument("--dataset", help="a dataset name its task registers")
+    parser.add_argument("--root", type=Path, help="the dataset as distributed")
+    parser.add_argument("--out", type=Path, help="cache folder (created, or resumed)")
+    parser.add_argument("--verify", type=Path, metavar="CACHE",
+                        help="check a finished cache's checksums and name the shards and samples at fault")
     parser.add_argument("--size", type=int, default=224, help="output side in pixels (112, 224, 256)")
     parser.add_argument("--margin", type=float, default=AlignSettings.margin, help="context around the face")
     parser.add_argument("--align-mode", choices=("first", "median"), default="first",
                         help="one alignment per clip from its first frame or the median over probed frames")
-    parser.add_argument("--detector", default="cascade", help="'cascade', 'none' or 'module:factory'")
+    parser.add_argument("--detector", default="auto",
+                        help="'auto' (dlib where the faces extra is installed, else cascade), 'dlib', 'cascade', "
+                             "'none' (frames are face crops already: resize only) or 'module:factory'")
     parser.add_argument("--probe-frames", type=int, default=AlignSettings.probe_frames)
     parser.add_argument("--fallback", choices=("center", "error"), default="center",
                         help="where no face is found: centre crop, or fail the sample")
@@ -252,7 +256,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples (a trial run)")
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         help="module that registers more datasets or reader kinds (repeatable)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [f"--{name}" for name in ("task", "dataset", "root", "out") if getattr(args, name) is None]
+    if args.verify is None and missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def frame_settings_from(args: argparse.Namespace) -> FrameSettings:
@@ -271,6 +279,8 @@ def task_data_module(task: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.verify is not None:
+        return verify_command(args.verify)
     for module in args.imports:
         importlib.import_module(module)
     try:
@@ -287,6 +297,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prepare: {message}", file=sys.stderr)
         return 2
     return summarize(report, args.out)
+
+
+def verify_command(cache: Path) -> int:
+    try:
+        problems = verify_cache(cache)
+    except (OSError, RuntimeError, ValueError) as error:
+        problems = [str(error)]
+    for line in problems:
+        print(f"prepare --verify: {line}", file=sys.stderr)
+    if not problems:
+        print(f"prepare --verify: {cache}: every shard matches its checksum", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def summarize(report: PrepareReport, out: Path) -> int:

@@ -17,12 +17,16 @@ class TaskSpec:
     name: str
     module: str
     datamodule: str
+    contract: str  # "<task>.contract.CONTRACT": importable without torch, for the runtime
     default_config: str
     # Values the model takes from the instantiated data module (class names, input size, ...).
     links: tuple[tuple[str, str], ...] = ()
 
     def module_class(self) -> type:
         return _import_object(self.module)
+
+    def contract_object(self):
+        return _import_object(self.contract)
 
     def datamodule_class(self) -> type:
         return _import_object(self.datamodule)
@@ -31,12 +35,16 @@ class TaskSpec:
         return [str(CONFIG_DIR / "trainer.yaml"), str(CONFIG_DIR / self.default_config)]
 
 
+# What a classification model takes from its data module.
+CLASSIFICATION_LINKS = (("data.class_names", "model.init_args.class_names"),
+                        ("data.image_size", "model.init_args.image_size"),
+                        ("data.preprocessing", "model.init_args.preprocessing"))
+
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("emotion", "emotion.module.EmotionModule", "emotion.data.EmotionDataModule", "emotion/synthetic.yaml",
-                 links=(("data.class_names", "model.init_args.class_names"),
-                        ("data.image_size", "model.init_args.image_size"))),
+        TaskSpec("emotion", "emotion.module.EmotionModule", "emotion.data.EmotionDataModule", "emotion.contract.CONTRACT",
+                 "emotion/synthetic.yaml", links=CLASSIFICATION_LINKS),
     )
 }
 

@@ -1,15 +1,24 @@
-"""Run directories and loggers: W&B by default (offline on its own when it cannot reach the service), CSV always."""
+"""Run directories and loggers: W&B by default (offline on its own when it cannot reach the service), CSV always.
+
+A resumed run keeps its history: `metrics.csv` is appended to (rows logged after the restored step by the
+interrupted run are dropped, since the resumed run logs those steps again), and W&B continues the same run,
+whose id is kept in the run directory.
+"""
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import re
+import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 RUN_DIR_ENV = "FACEX_RUN_DIR"
+WANDB_ID_FILE = "wandb_run_id"
+METRICS_FILE = "metrics.csv"
 
 
 @dataclass
@@ -17,14 +26,15 @@ class RunSettings:
     """Where a run writes and how it is tracked (`--run.*` on the command line).
 
     Args:
-        root: directory under which runs are kept as `<root>/<task>/<name>/version_<n>`.
+        root: directory under which runs are kept as `<root>/<task>/<name>/version_<n>` (default `runs`);
+            `--trainer.default_root_dir` sets the same and wins.
         name: run name; by default `<dataset>-<arch>[-fold<k>]`.
         project: W&B project.
         wandb: log to Weights & Biases (offline automatically when no API key or no network).
         tags: extra W&B tags.
     """
 
-    root: str = "runs"
+    root: str | None = None
     name: str | None = None
     project: str = "facex"
     wandb: bool = True
@@ -72,19 +82,63 @@ def latest_run_with_last_checkpoint(base: Path) -> Path | None:
 
 
 def make_loggers(settings: RunSettings, run_dir: Path, name: str, group: str, tags: list[str], job_type: str) -> list:
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers = [run_csv_logger(run_dir)]
     if settings.wandb:
         loggers.append(_wandb_logger(settings, run_dir, name, group, tags, job_type))
     return loggers
 
 
+def run_csv_logger(run_dir: Path):
+    """Lightning's CSVLogger writing `metrics.csv` in the run directory, appending to an existing file (a resumed
+    run) where Lightning's own would delete it."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as handle:
+                    self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+    class RunCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return RunCSVLogger(save_dir=str(run_dir), name="", version="")
+
+
+def trim_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop rows an interrupted run logged after the checkpoint it is resumed from."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames or [], list(reader)
+    kept = [row for row in rows if not row.get("step") or int(float(row["step"])) <= last_step]
+    if len(kept) != len(rows):
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
 def _wandb_logger(settings: RunSettings, run_dir: Path, name: str, group: str, tags: list[str], job_type: str):
+    """One W&B run per run directory: a resumed fit continues it (`--ckpt_path last`); `validate`, `test` and
+    `predict` are runs of their own in the same group."""
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode()
-    return WandbLogger(
+    id_file = Path(run_dir) / WANDB_ID_FILE
+    resumed = id_file.is_file()
+    run_id = id_file.read_text().strip() if resumed else _new_wandb_id()
+    if not resumed and _is_rank_zero():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+    logger = WandbLogger(
         name=name,
         project=settings.project,
         group=group,
@@ -94,4 +148,17 @@ def _wandb_logger(settings: RunSettings, run_dir: Path, name: str, group: str, t
         offline=mode == "offline",
         mode=mode,
         log_model=False,
+        id=run_id,
+        resume="allow",
     )
+    # Lightning always passes `anonymous`, which current wandb answers with a deprecation line on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def _new_wandb_id() -> str:
+    return secrets.token_hex(4)  # W&B's own ids are 8 lower-case characters too
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0

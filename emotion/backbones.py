@@ -22,25 +22,6 @@ from torch import nn
 # --------------------------------------------------------------------------------------------------------------
 
 
-class DropPath(nn.Module):
-    """Stochastic depth on the residual branch, one Bernoulli draw per sample."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep_prob = 1.0 - self.drop_prob
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = x.new_empty(mask_shape).bernoulli_(keep_prob)
-        return x * mask / keep_prob
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
 class ConvNormAct(nn.Sequential):
     """conv -> BatchNorm -> optional activation; the activation is omitted for linear bottleneck projections."""
 
@@ -113,10 +94,6 @@ class ModuleKeyMap:
         """The same map for a trunk that sits inside a bigger model on both sides."""
         pairs = [(_join(official_prefix, o), _join(our_prefix, w)) for o, w in self.to_ours.items()]
         return ModuleKeyMap(pairs, [_join(official_prefix, d) for d in self.dropped])
-
-    def merged(self, other: ModuleKeyMap) -> ModuleKeyMap:
-        return ModuleKeyMap([*self.to_ours.items(), *other.to_ours.items()], [*self.dropped, *other.dropped])
-
 
 def _join(prefix: str, path: str) -> str:
     if not prefix:

@@ -11,6 +11,7 @@ the heads for attending to different things: large variance across heads).
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -90,7 +91,8 @@ class AffinityLoss(nn.Module):
     """Squared distance of each pooled feature to its class center, divided by the total variance of the centers.
 
     Minimising it makes classes compact (numerator) while pushing centers apart (denominator). The centers are
-    learnable parameters and must be optimised together with the network.
+    learnable parameters and must be optimised together with the network. Soft targets (Mixup/CutMix, vote
+    shares) weight the squared distance to every class's center by that class's share.
     """
 
     def __init__(self, num_classes: int, feat_dim: int = FEATURE_DIM):
@@ -100,10 +102,18 @@ class AffinityLoss(nn.Module):
     def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if features.ndim == 4:
             features = features.mean(dim=(2, 3))
-        own_center = self.centers[target]
-        intra = (features - own_center).pow(2).sum(dim=1)
+        features = features.float()
+        if target.ndim == 2:
+            shares = F.pad(target.float(), (0, len(self.centers) - target.shape[1]))
+            intra = (shares * torch.cdist(features, self.centers.float()).pow(2)).sum(dim=1)
+        else:
+            intra = (features - self.centers[target]).pow(2).sum(dim=1)
         inter_spread = self.centers.var(dim=0).sum()
         return (intra / inter_spread).clamp(min=1e-12, max=1e12).mean()
+
+
+# The official code's epsilon (Python's float epsilon): identical heads give a large finite loss, not inf.
+PARTITION_EPS = sys.float_info.epsilon
 
 
 class PartitionLoss(nn.Module):
@@ -114,7 +124,7 @@ class PartitionLoss(nn.Module):
         if num_heads < 2:
             return head_outputs.new_zeros(())
         variance = head_outputs.var(dim=1).mean()
-        return torch.log(1 + num_heads / variance)
+        return torch.log(1 + num_heads / (variance + PARTITION_EPS))
 
 
 class DAN(nn.Module):
@@ -127,6 +137,8 @@ class DAN(nn.Module):
     ``model.parameters()`` trains them.
 
     Args:
+        affinity_centers: rows of the affinity loss's centre table (default: one per class). The official RAF-DB
+            script builds 8 centres for its 7 classes; the unused centre still widens the variance it divides by.
         backbone_weights: optional local path to a torchvision-layout ResNet-18 checkpoint such as the official
             ``resnet18_msceleb.pth``; loaded strictly at construction.
     """
@@ -138,6 +150,7 @@ class DAN(nn.Module):
         *,
         affinity_weight: float = 1.0,
         partition_weight: float = 1.0,
+        affinity_centers: int | None = None,
         backbone_weights: str | Path | None = None,
         allow_pickle: bool = False,
     ):
@@ -150,7 +163,9 @@ class DAN(nn.Module):
         self.heads = nn.ModuleList([AttentionHead() for _ in range(num_heads)])
         self.classifier = nn.Linear(FEATURE_DIM, num_classes)
         self.logit_norm = nn.BatchNorm1d(num_classes)
-        self.affinity_loss = AffinityLoss(num_classes, FEATURE_DIM)
+        if affinity_centers is not None and affinity_centers < num_classes:
+            raise ValueError(f"affinity_centers ({affinity_centers}) must be at least num_classes ({num_classes})")
+        self.affinity_loss = AffinityLoss(affinity_centers or num_classes, FEATURE_DIM)
         self.partition_loss = PartitionLoss()
         if backbone_weights is not None:
             self.load_backbone(backbone_weights, allow_pickle=allow_pickle)
@@ -204,16 +219,3 @@ def dan_module_pairs(num_heads: int = 4) -> list[tuple[str, str]]:
 
 def dan_key_map(num_heads: int = 4) -> ModuleKeyMap:
     return ModuleKeyMap(dan_module_pairs(num_heads))
-
-
-def create_dan(num_classes: int, pretrained: str | Path | None = None, **kwargs) -> DAN:
-    """Registry entry (``emotion.model.MODELS``): DAN with ``num_classes`` outputs.
-
-    ``pretrained`` is a whole official DAN checkpoint (``{"model_state_dict": ...}``); the MS-Celeb ResNet-18
-    initialisation (``backbone_weights``), ``num_heads`` and the loss weights come through ``kwargs``, i.e.
-    ``--model.model_kwargs``.
-    """
-    model = DAN(num_classes, **kwargs)
-    if pretrained is not None:
-        model.load_official_checkpoint(pretrained, allow_pickle=kwargs.get("allow_pickle", False))
-    return model

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from common.weights import LoadReport, load_pretrained
 from emotion.backbones import (
-    DropPath,
     IR50Trunk,
     MobileFaceNetTrunk,
     ModuleKeyMap,
@@ -47,18 +49,6 @@ EMBED_DIM = 768
 TOKENS_PER_SCALE = 49
 FUSION_DEPTH = 2
 FUSION_HEADS = 8
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -151,38 +141,6 @@ class LandmarkCrossAttentionBlock(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(0.0)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(0.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, dim = x.shape[1], x.shape[2]
-        qkv = self.qkv(x).reshape(-1, n, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(-1, n, dim)))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class SEGate(nn.Module):
     """Feature-wise sigmoid gate computed from the feature itself."""
 
@@ -206,7 +164,9 @@ class PyramidFusionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, dim))
         self.pos_drop = nn.Dropout(0.0)
         rates = torch.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, mlp_ratio, r) for r in rates])
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=norm)
+                                      for r in rates])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.se_gate = SEGate(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -439,16 +399,3 @@ def posterpp_key_map(include_unused: bool = False) -> ModuleKeyMap:
         dropped += ["ir_back.output_layer", "VIT.patch_embed", "VIT.eca_block", "VIT.CON1", "VIT.IRLinear1",
                     "VIT.IRLinear2"] + [f"VIT.blocks.{b}.conv" for b in range(FUSION_DEPTH)]
     return ModuleKeyMap(posterpp_module_pairs(include_unused), dropped)
-
-
-def create_posterpp(num_classes: int, pretrained: str | Path | None = None, **kwargs) -> PosterPP:
-    """Registry entry (``emotion.model.MODELS``): POSTER++ with ``num_classes`` outputs.
-
-    ``pretrained`` is a whole official POSTER++ checkpoint (e.g. ``raf-db-model_best.pth``); the branch
-    initialisations (``ir50_weights``, ``landmark_weights``) and every other ``PosterPP`` argument come through
-    ``kwargs``, i.e. ``--model.model_kwargs``.
-    """
-    model = PosterPP(num_classes, **kwargs)
-    if pretrained is not None:
-        model.load_official_checkpoint(pretrained, allow_pickle=kwargs.get("allow_pickle", False))
-    return model

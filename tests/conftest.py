@@ -41,16 +41,10 @@ def exported_metadata(path, task: str) -> dict[str, str]:
     """Check an exported model's tensor names and metadata keys against the task's contract; return its metadata."""
     import onnx
 
-    from common.contract import CONTRACTS, METADATA_KEYS
+    from common.contract import check_model
+    from common.tasks import get_task
 
-    model = onnx.load(str(path))
-    contract = CONTRACTS[task]
-    assert [i.name for i in model.graph.input] == contract.input_names
-    assert [o.name for o in model.graph.output] == contract.output_names
-    metadata = {p.key: p.value for p in model.metadata_props}
-    assert set(METADATA_KEYS) <= set(metadata), f"missing metadata: {set(METADATA_KEYS) - set(metadata)}"
-    assert metadata["task"] == task
-    return metadata
+    return check_model(onnx.load(str(path)), get_task(task).contract_object())
 
 
 def run_train(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

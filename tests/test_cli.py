@@ -9,11 +9,11 @@ import yaml
 from common.cli import main, parse_task
 from common.data.splits import load_folds
 from emotion.data import EmotionDataModule
-from tests.conftest import TINY_EMOTION, run_train
+from tests.conftest import REPO, TINY_EMOTION, run_train
 
 
-def fit(tmp_path: Path, *extra: str) -> None:
-    main(["--task", "emotion", "fit", *TINY_EMOTION, "--run.root", str(tmp_path), "--run.wandb", "false", *extra])
+def fit(tmp_path: Path, *extra: str):
+    return main(["--task", "emotion", "fit", *TINY_EMOTION, "--run.root", str(tmp_path), "--run.wandb", "false", *extra])
 
 
 def versions(tmp_path: Path) -> list[Path]:
@@ -42,7 +42,9 @@ def test_print_config_shows_the_task_recipe():
 
 
 def test_fast_dev_run_trains_on_synthetic_data(tmp_path):
-    fit(tmp_path, "--trainer.fast_dev_run", "true")
+    cli = fit(tmp_path, "--trainer.fast_dev_run", "true")
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert "val/acc" in cli.trainer.callback_metrics
 
 
 def test_saved_config_reruns_the_same_experiment(tmp_path):
@@ -84,6 +86,15 @@ def test_ddp_two_cpu_processes_bf16(tmp_path):
     checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2
 
+    # test on both ranks: one predictions file, each test sample once
+    tested = run_train("--task", "emotion", "test", "--config", str(runs[0] / "config.yaml"),
+                       "--data.per_subject", "7", "--ckpt_path", str(runs[0] / "checkpoints" / "last.ckpt"))
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    test_run = [v for v in versions(tmp_path) if v != runs[0]][0]
+    rows = list(csv.DictReader((test_run / "predictions.csv").open()))
+    assert sorted(r["sample"] for r in rows) == sorted({r["sample"] for r in rows}) and len(rows) == 7
+    assert not list(test_run.glob("predictions.rank*.csv"))
+
 
 def test_wandb_runs_offline_without_credentials_or_network(tmp_path):
     env = {"HOME": str(tmp_path), "WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": None}
@@ -121,3 +132,144 @@ def test_a_fold_tests_on_its_own_subjects_and_validates_on_training_subjects():
     other = EmotionDataModule(subjects=(4, 1, 1), per_subject=7, image_size=32, fold=0, num_folds=3, num_workers=0)
     other.setup("fit")
     assert set(other.test_set.subjects).isdisjoint(test)
+
+
+# ---------------------------------------------------------------- run layout, resume, errors
+
+
+def test_default_root_dir_holds_the_whole_run(tmp_path):
+    root = tmp_path / "lightning_root"
+    main(["--task", "emotion", "fit", *TINY_EMOTION, "--trainer.default_root_dir", str(root), "--run.wandb", "false",
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"])
+    run = next(root.glob("emotion/*/version_0"))
+    assert {"config.yaml", "metrics.csv", "checkpoints", "figures"} <= {p.name for p in run.iterdir()}
+    assert not (REPO / "runs").exists() or not any((REPO / "runs").glob("emotion/*/version_*/wandb_run_id"))
+
+
+def test_resume_appends_to_the_metrics_and_continues_the_wandb_run(tmp_path):
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--run.root", str(tmp_path)]
+    first = run_train("--task", "emotion", "fit", *TINY_EMOTION, "--trainer.max_epochs", "1", *short)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Previous log files" not in first.stderr + first.stdout
+    run = versions(tmp_path)[0]
+    epoch0 = [row for row in csv.DictReader((run / "metrics.csv").open()) if row.get("epoch") == "0"]
+    run_id = (run / "wandb_run_id").read_text()
+    resumed = run_train("--task", "emotion", "fit", *TINY_EMOTION, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+                        *short)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Previous log files" not in resumed.stderr + resumed.stdout
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert epoch0 and [r for r in rows if r.get("epoch") == "0"] == epoch0, "epoch-0 history must survive a resume"
+    assert any(r.get("epoch") == "1" and r.get("val/acc") for r in rows)
+    assert (run / "wandb_run_id").read_text() == run_id
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
+
+
+def test_trim_metrics_drops_rows_after_the_restored_step(tmp_path):
+    from common.tracking import trim_metrics
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n0,1,2.0\n0,3,1.5\n1,5,1.2\n1,6,1.1\n")
+    trim_metrics(tmp_path, 3)
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,step,train/loss", "0,1,2.0", "0,3,1.5"]
+
+
+def short_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(["--task", "emotion", *args])
+    assert done.value.code not in (0, None)
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert 1 <= len(lines) <= 2 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_failed_start_leaves_no_run_directory_and_one_line(tmp_path, capsys):
+    line = short_error(capsys, "fit", *TINY_EMOTION, "--data.dataset", "rafdb", "--data.root", str(tmp_path / "nope"),
+                       "--run.root", str(tmp_path), "--run.wandb", "false")
+    assert str(tmp_path / "nope") in line and "rafdb" in line
+    assert not (tmp_path / "emotion").exists()
+
+
+def test_missing_recipe_weights_name_the_file_and_how_to_do_without(tmp_path, capsys, one_torch_thread):
+    recipe = REPO / "configs" / "emotion" / "rafdb_posterpp.yaml"
+    line = short_error(capsys, "fit", "--config", str(recipe), *TINY_EMOTION, "--data.dataset", "synthetic",
+                       "--trainer.precision", "32-true", "--run.root", str(tmp_path), "--run.wandb", "true")
+    assert "weights/ir50.pth" in line and "--model.backbone_weights null" in line
+    assert not (tmp_path / "emotion").exists()
+
+
+def test_argument_errors_are_one_line(tmp_path, capsys):
+    assert "--model.arch 'nonet'" in short_error(capsys, "fit", *TINY_EMOTION, "--model.arch", "nonet",
+                                                 "--run.root", str(tmp_path))
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  init_args:\n    lrr: 0.1\n")
+    line = short_error(capsys, "fit", "--config", str(config), "--run.root", str(tmp_path))
+    assert "lrr" in line and str(config) in line
+
+
+@pytest.mark.parametrize("damage", ["bad label row", "truncated image"])
+def test_bad_data_is_one_line_naming_the_file(tmp_path, capsys, damage):
+    from common.synth.formats.emotion import write_rafdb
+
+    written = write_rafdb(tmp_path / "raf", per_split=(8, 4), size=32)
+    listing = written.root / "EmoLabel" / "list_patition_label.txt"
+    if damage == "bad label row":
+        lines = listing.read_text().splitlines()
+        lines[2] = lines[2].split()[0] + " 9"
+        listing.write_text("\n".join(lines) + "\n")
+        expected = [str(listing), "line 3"]
+    else:
+        image = sorted((written.root / "Image" / "aligned").glob("train_*.jpg"))[0]
+        image.write_bytes(image.read_bytes()[:200])
+        expected = [image.name]
+    line = short_error(capsys, "fit", *TINY_EMOTION, "--data.dataset", "rafdb", "--data.root", str(written.root),
+                       "--data.val_fraction", "0.25", "--trainer.max_epochs", "1", "--run.root", str(tmp_path / "r"),
+                       "--run.wandb", "false")
+    assert all(text in line for text in expected), line
+
+
+def test_progress_is_printed_as_lines_when_output_is_not_a_terminal(tmp_path):
+    from common.progress import LineProgress
+
+    result = run_train("--task", "emotion", "fit", *TINY_EMOTION, "--trainer.enable_progress_bar", "true",
+                       "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+                       "--trainer.limit_val_batches", "1", "--run.root", str(tmp_path), "--run.wandb", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ") and " done in " in line]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"] and all("val/acc=" in line for line in epochs)
+    assert LineProgress().every_seconds > 0
+
+
+def test_test_writes_pooled_predictions_with_sample_identities(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    run = versions(tmp_path)[0]
+    main(["--task", "emotion", "test", "--config", str(run / "config.yaml"), "--ckpt_path",
+          str(run / "checkpoints" / "last.ckpt"), "--run.wandb", "false"])
+    test_run = [v for v in versions(tmp_path) if v != run][0]
+    rows = list(csv.DictReader((test_run / "predictions.csv").open()))
+    data = EmotionDataModule(subjects=(2, 1, 1), per_subject=8, image_size=64, num_workers=0)
+    data.setup("test")
+    assert len(rows) == len(data.test_set)
+    columns = list(rows[0])
+    assert columns[:5] == ["dataset", "subject", "sample", "label", "pred"]
+    assert columns[5:] == [f"p_{c}" for c in data.class_names]
+    expected = [data.test_set[i] for i in range(len(data.test_set))]
+    assert [(r["dataset"], r["subject"], r["sample"]) for r in rows] == \
+           [(e["dataset"], e["subject"], e["sample"]) for e in expected]
+    assert [r["label"] for r in rows] == [data.class_names[e["target"]] for e in expected]
+    for row in rows:
+        probs = [float(row[f"p_{c}"]) for c in data.class_names]
+        assert abs(sum(probs) - 1) < 1e-4 and row["pred"] == data.class_names[probs.index(max(probs))]
+
+
+def test_wrapped_messages_come_out_as_the_sentence_that_names_the_fault():
+    from common.errors import concise
+
+    worker = ValueError("Caught ReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        "  File \"x.py\", line 1, in f\ncommon.data.readers.ReadError: /d/a.jpg: JPEG is truncated\n")
+    assert concise(worker) == "/d/a.jpg: JPEG is truncated"
+    union = ValueError("Does not validate against any of the Union subtypes\nErrors:\n  - --model.arch 'x' is bad\n"
+                       "  - Expected a <class 'NoneType'>\nGiven value: Namespace(...)")
+    assert concise(union) == "--model.arch 'x' is bad"
+    assert concise(KeyError("unknown dataset 'y'")) == "unknown dataset 'y'"

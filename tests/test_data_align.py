@@ -3,8 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from common.data.align import (AlignSettings, CascadeDetector, FaceAligner, NoFaceError, alignment_matrix,
-                               five_points, load_detector, similarity_matrix, template, transform_points)
+from common.data.align import (AlignSettings, CascadeDetector, DlibDetector, FaceAligner, NoFaceError,
+                               alignment_matrix, box_points, dlib_available, five_points, load_detector, resize_matrix,
+                               similarity_matrix, template, transform_points, warp)
 from common.synth import render_face
 
 
@@ -145,7 +146,7 @@ def test_plug_in_detector_by_module_path():
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_detector("no_such_module_here:factory")
     with pytest.raises(ValueError, match="module:factory"):
-        load_detector("dlib")
+        load_detector("mtcnn")
 
 
 def test_settings_are_checked():
@@ -153,3 +154,86 @@ def test_settings_are_checked():
         AlignSettings(mode="mean")
     with pytest.raises(ValueError, match="margin"):
         AlignSettings(margin=-0.1)
+
+
+# ---------------------------------------------------------------- image quality
+
+
+def textured_photo(size: int) -> np.ndarray:
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_upscaling_a_small_crop_matches_a_plain_resize_to_the_last_pixel():
+    small = textured_photo(100)  # RAF-DB's aligned faces are 100 px
+    aligner = FaceAligner(AlignSettings(size=224, detector="none"))
+    out = aligner.apply(small[None], aligner.choose({}, 1, lambda p: small[None], "x"))[0].astype(float)
+    plain = cv2.resize(small, (224, 224), interpolation=cv2.INTER_LINEAR).astype(float)
+    assert np.abs(out - plain).max() <= 1
+    assert abs(out[-1].mean() - plain[-1].mean()) < 1 and abs(out[:, -1].mean() - plain[:, -1].mean()) < 1
+
+
+def test_shrinking_through_an_alignment_is_anti_aliased():
+    photo = textured_photo(512)
+    spin = np.vstack([cv2.getRotationMatrix2D((111.5, 111.5), 0.01, 1.0), [0, 0, 1]])
+    matrix = spin[:2] @ np.vstack([resize_matrix(512, 512, 224), [0, 0, 1]])  # a hair off axis: the general path
+    area = cv2.resize(photo, (224, 224), interpolation=cv2.INTER_AREA).astype(float)
+    ours = np.abs(warp(photo, matrix, 224).astype(float) - area).mean()
+    bilinear_only = np.abs(cv2.warpAffine(photo, matrix, (224, 224)).astype(float) - area).mean()
+    assert ours < 0.5 * bilinear_only and ours < 3
+
+
+def test_a_crop_leaving_the_frame_repeats_edge_pixels_instead_of_black():
+    bright = np.full((80, 80, 3), 200, np.uint8)
+    matrix = alignment_matrix(box_points((-20, -20, 80, 80)), 64, 0.2)  # a face box partly off the frame
+    out = warp(bright, matrix, 64)
+    assert out.min() == 200
+
+
+def test_plain_resize_of_a_same_size_crop_is_the_identity():
+    photo = textured_photo(64)
+    assert np.array_equal(warp(photo, resize_matrix(64, 64, 64), 64), photo)
+
+
+# ---------------------------------------------------------------- dlib landmarks
+
+
+def eye_angle(points5: np.ndarray) -> float:
+    (lx, ly), (rx, ry) = points5[0], points5[1]
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), (w, h),
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_dlib_finds_the_face_in_a_real_photograph_and_alignment_levels_the_eyes():
+    detector = DlibDetector()
+    photo = rotated(textured_photo(512), 15)  # head roll the cascade cannot see
+    points = detector(photo)
+    assert points is not None and abs(abs(eye_angle(points)) - 15) < 5
+    aligned = {name: FaceAligner(AlignSettings(size=224, detector=name)) for name in ("dlib", "cascade")}
+    angles = {}
+    for name, aligner in aligned.items():
+        crop = aligner.apply(photo[None], aligner.choose({}, 1, lambda p: photo[None], "astronaut"))[0]
+        again = detector(crop)
+        assert again is not None, f"no face in the {name}-aligned crop"
+        angles[name] = abs(eye_angle(again))
+    assert angles["dlib"] < 3, angles
+    assert angles["cascade"] > 10, angles  # the box-only detector leaves the roll in
+
+
+def test_dlib_finds_every_synthetic_face():
+    from common.synth import emotion_sample
+
+    detector = DlibDetector()
+    faces = [emotion_sample(subject=s, label=s % 7, seed=s, size=224)[0] for s in range(8)]
+    assert all(detector(face) is not None for face in faces)
+
+
+def test_auto_detector_is_recorded_as_the_one_used():
+    assert AlignSettings(detector="auto").detector == ("dlib" if dlib_available() else "cascade")
+    assert AlignSettings(detector="auto").to_dict()["detector"] != "auto"

@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,8 +16,8 @@ import pytest
 
 from common.data import load_samples, register_dataset
 from common.data.align import AlignSettings
-from common.data.cache import (SHARD_DIR, CacheError, CacheIncompleteError, CacheMismatchError, FrameCache,
-                               FrameSettings, RawFrames, open_source)
+from common.data.cache import (SHARD_DIR, VERIFIED_FILE, CacheCorruptError, CacheError, CacheIncompleteError,
+                               CacheMismatchError, FrameCache, FrameSettings, RawFrames, open_source, verify_cache)
 from common.data.clips import clip_positions
 from common.data.records import Interval, Sample, sample_from_dict, sample_key, sample_to_dict
 from common.prepare import main as prepare_main
@@ -264,3 +265,49 @@ def test_cli_names_an_unknown_dataset(tmp_path, capsys):
     code = prepare_main(["--task", "microexp", "--dataset", "nope", "--root", str(tmp_path), "--out",
                          str(tmp_path / "c")])
     assert code == 2 and "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def copy_cache(clean_cache: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(clean_cache, copy)
+    (copy / VERIFIED_FILE).unlink(missing_ok=True)
+    return copy
+
+
+def test_a_sound_cache_verifies_once_and_records_it(clean_cache, tmp_path):
+    copy = copy_cache(clean_cache, tmp_path)
+    assert verify_cache(copy) == []
+    FrameCache(copy)
+    assert (copy / VERIFIED_FILE).is_file()
+    assert prepare_main(["--verify", str(copy)]) == 0
+
+
+def test_flipped_bytes_name_the_shard_and_the_sample(clean_cache, tmp_path, capsys):
+    copy = copy_cache(clean_cache, tmp_path)
+    cache = FrameCache(copy, verify=False)
+    victim = 2
+    entry = cache.entries[victim]
+    shard = copy / SHARD_DIR / f"{entry['shard']}.u8"
+    data = bytearray(shard.read_bytes())
+    data[(entry["start"] * 32 * 32 * 3) + 100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError, match=re.escape(entry["key"])):
+        FrameCache(copy)
+    assert prepare_main(["--verify", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert str(shard) in err and entry["key"] in err
+    assert sum(e["key"] in err for e in cache.entries) == 1, "only the damaged sample is named"
+
+
+def test_a_shard_cut_short_names_the_shard_and_first_lost_sample(clean_cache, tmp_path):
+    copy = copy_cache(clean_cache, tmp_path)
+    entries = FrameCache(copy, verify=False).entries
+    last = entries[-2]  # a clip; the image after it may sit in the same shard
+    shard = copy / SHARD_DIR / f"{last['shard']}.u8"
+    with open(shard, "r+b") as handle:
+        handle.truncate((last["start"] + 1) * 32 * 32 * 3)
+    with pytest.raises(CacheCorruptError, match=f"{re.escape(str(shard))}.*cut short.*{re.escape(last['key'])}"):
+        FrameCache(copy, verify=False)

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from common.data.augment import ClipAugment, normalize, to_float
 from common.data.clips import clip_positions, gather_clip, sliding_windows, window_positions
 from common.data.records import Interval
 from common.data.splits import (fixed_folds, kfold_subjects, load_folds, loso_folds, make_folds, resolve_folds,
@@ -165,23 +164,3 @@ def test_save_folds_round_trip(tmp_path):
     save_folds(tmp_path / "x" / "folds.csv", folds)
     assert load_folds(tmp_path / "x" / "folds.csv") == folds
     assert (tmp_path / "x" / "folds.csv").read_text().splitlines()[:2] == ["subject,fold", "sub1,0"]
-
-
-# ---------------------------------------------------------------- augmentation
-
-
-def test_augment_shares_parameters_over_frames_not_over_clips():
-    torch.manual_seed(0)
-    frame = torch.randint(0, 256, (4, 1, 24, 24, 3), dtype=torch.uint8)
-    clips = to_float(frame.repeat(1, 5, 1, 1, 1))  # four clips of a still frame each
-    out = ClipAugment(size=20, gray=0.5, erase=0.5)(clips)
-    assert out.shape == (4, 5, 3, 20, 20)
-    assert torch.equal(out, out[:, :1].expand_as(out))  # still clips stay still
-    assert not torch.allclose(out[0], out[1])
-
-
-def test_augment_images_and_normalise():
-    images = to_float(torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8))
-    assert images.shape == (2, 3, 16, 16) and images.max() <= 1
-    out = normalize(ClipAugment(size=12)(images))
-    assert out.shape == (2, 3, 12, 12)

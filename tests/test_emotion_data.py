@@ -18,7 +18,8 @@ from common.prepare import main as prepare_main
 from common.synth.formats.emotion import (write_affectnet, write_affectnet_npy, write_fer2013, write_ferplus,
                                           write_rafdb)
 from common.data.sampling import ClassBalancedSampler, balanced_draw
-from emotion.data import AnnotationError, EmotionDataModule, MissingImageError
+from common.data.sheets import AnnotationError, MissingImageError
+from emotion.data import EmotionDataModule
 from tests.conftest import TINY_EMOTION
 
 WRITERS = {
@@ -208,11 +209,13 @@ def test_ferplus_soft_trains_on_vote_shares_and_validates_on_the_argmax(trees):
     truth = {where(r): r for r in kept(trees["ferplus"])}
     assert len(data.train_set) == sum(r.extra["split"] == "train" for r in truth.values())
     for i in range(len(data.train_set)):
-        image, target = data.train_set[i]
+        target = data.train_set[i]["target"]
         expected = truth[where(data.train_set.sample(i))].labels["soft"]
         assert target.dtype == torch.float32 and np.allclose(target.numpy(), expected)
     for i in range(len(data.val_set)):
-        _, label = data.val_set[i]
+        item = data.val_set[i]
+        label = item["target"]
+        assert item["sample"] == data.val_set.sample(i).extra["id"]  # FERPlus names rows by their Image name
         assert isinstance(label, int) and label == truth[where(data.val_set.sample(i))].labels["emotion"]
 
 
@@ -255,18 +258,35 @@ def test_joint_datasets_keep_their_own_label_maps(trees):
     for dataset in (data.train_set, data.val_set, data.test_set):
         assert all(truth[key] == label for key, label in members(dataset))
     assert len(data.test_set) == 14 + 7
-    image, label = data.train_set[len(data.train_set) - 1]  # a FER2013 face, resized like the RAF-DB ones
+    item = data.train_set[len(data.train_set) - 1]  # a FER2013 face, resized like the RAF-DB ones
+    image, label = item["input"], item["target"]
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and isinstance(label, int)
+    assert item["dataset"] == "fer2013" and re.fullmatch(r"fer2013\.csv:\d+", item["sample"])
+
+
+def test_joint_roots_may_be_named_by_dataset(trees):
+    roots = {"fer2013": str(trees["fer2013"].root), "rafdb": str(trees["rafdb"].root)}
+    named = EmotionDataModule(root=roots, image_size=32, num_workers=0, val_fraction=0.25)
+    listed = EmotionDataModule("fer2013+rafdb", root=list(roots.values()), image_size=32, num_workers=0,
+                               val_fraction=0.25)
+    for data in (named, listed):
+        data.setup("fit")
+    assert named.datasets == ["fer2013", "rafdb"]
+    assert members(named.test_set) == members(listed.test_set)
+    reordered = EmotionDataModule("rafdb+fer2013", root=roots, image_size=32, num_workers=0)
+    assert reordered.sources == [Path(roots["rafdb"]), Path(roots["fer2013"])]
+    with pytest.raises(ValueError, match=r"\['affectnet'\]"):
+        EmotionDataModule("rafdb", root={"rafdb": "a", "affectnet": "b"})
 
 
 def test_joint_soft_and_hard_targets_share_one_format(trees):
     data = EmotionDataModule(["rafdb", "ferplus"], root=[str(trees["rafdb"].root), str(trees["ferplus"].root)],
                              image_size=32, num_workers=0, batch_size=4, ferplus_mode="soft", num_classes=8)
     data.setup("fit")
-    _, target = data.train_set[0]  # a RAF-DB sample, one-hot
+    target = data.train_set[0]["target"]  # a RAF-DB sample, one-hot
     assert target.shape == (8,) and target.sum() == 1 and int(target.argmax()) == data.train_set.datasets[0].labels[0]
-    images, targets = next(iter(data.train_dataloader()))
-    assert images.shape[1:] == (3, 32, 32) and targets.shape == (4, 8)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["input"].shape[1:] == (3, 32, 32) and batch["target"].shape == (4, 8)
 
 
 def test_arguments_are_checked():
@@ -290,7 +310,10 @@ def test_cache_gives_the_samples_of_the_raw_root(trees, tmp_path):
     for a, b in ((raw.train_set, cached.train_set), (raw.val_set, cached.val_set), (raw.test_set, cached.test_set)):
         assert [(Path(k[0]).name, label) for k, label in members(a)] == \
                [(Path(k[0]).name, label) for k, label in members(b)]
-    assert cached.test_set[0][0].shape == (3, 48, 48)  # a 32 px cache, resized to the size asked for
+    assert cached.test_set[0]["input"].shape == (3, 48, 48)  # a 32 px cache, resized to the size asked for
+    # sample ids are paths relative to the dataset root, the same from the raw root and from the cache
+    assert [raw.test_set[i]["sample"] for i in range(3)] == [cached.test_set[i]["sample"] for i in range(3)]
+    assert raw.test_set[0]["sample"].startswith("Image/aligned/test_")
 
 
 # ---------------------------------------------------------------- balanced sampling
@@ -345,5 +368,8 @@ CLI_RUNS = {
 
 @pytest.mark.parametrize("name", list(CLI_RUNS))
 def test_fast_dev_run_on_each_format(trees, tmp_path, name):
-    main(["--task", "emotion", "fit", *TINY_EMOTION, "--data.dataset", name, "--data.root", str(trees[name].root),
-          *CLI_RUNS[name], "--trainer.fast_dev_run", "true", "--run.root", str(tmp_path), "--run.wandb", "false"])
+    cli = main(["--task", "emotion", "fit", *TINY_EMOTION, "--data.dataset", name, "--data.root",
+                str(trees[name].root), *CLI_RUNS[name], "--trainer.fast_dev_run", "true", "--run.root", str(tmp_path),
+                "--run.wandb", "false"])
+    assert cli.trainer.global_step == 1 and cli.datamodule.datasets == [name]
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

@@ -214,6 +214,30 @@ def test_partition_loss_rewards_diverse_heads():
     assert loss(torch.randn(2, 1, 8)).item() == 0.0
 
 
+def test_affinity_loss_of_one_hot_soft_targets_equals_hard_targets():
+    torch.manual_seed(0)
+    loss, features, target = AffinityLoss(4, 16), torch.randn(5, 16), torch.tensor([0, 3, 1, 1, 2])
+    hard = loss(features, target)
+    torch.testing.assert_close(loss(features, F.one_hot(target, 4).float()), hard, rtol=1e-4, atol=1e-5)
+    mixed = 0.5 * F.one_hot(target, 4).float() + 0.5 * F.one_hot(target.flip(0), 4).float()
+    expected = 0.5 * hard + 0.5 * loss(features, target.flip(0))
+    torch.testing.assert_close(loss(features, mixed), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_partition_loss_of_identical_heads_is_large_but_finite():
+    """The official code adds Python's float epsilon to the variance; without it identical heads give inf."""
+    value = PartitionLoss()(torch.ones(2, 4, 8)).item()
+    assert np.isfinite(value) and value > 30
+
+
+def test_affinity_centres_may_outnumber_the_classes_as_in_the_official_rafdb_script():
+    model = DAN(7, affinity_centers=8)
+    assert model.affinity_loss.centers.shape == (8, 512) and model.classifier.out_features == 7
+    assert DAN(7).affinity_loss.centers.shape == (7, 512)
+    with pytest.raises(ValueError, match="affinity_centers"):
+        DAN(7, affinity_centers=6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Official checkpoint remapping
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from common.cli import main as train_main
+from common.data.sampling import ClassBalancedSampler
 from common.synth.formats.emotion import write_affectnet_npy, write_fer2013, write_rafdb
 from tests.conftest import REPO
 
@@ -95,13 +96,57 @@ def test_published_recipes_augment_like_the_papers(capsys):
         assert not {"color_jitter", "resized_crop"} & set(augment), name
 
 
+NO_WEIGHTS = ["--model.backbone_weights", "null", "--model.landmark_weights", "null"]
+
+
+def first_decay(scheduler) -> tuple[int, float]:
+    """(step, factor) of a per-step schedule's first drop below its starting value."""
+    factor = scheduler.lr_lambdas[0]
+    step = next(s for s in range(1, 100_000) if factor(s) < factor(0))
+    return step, factor(step)
+
+
 @pytest.mark.parametrize("name", ["rafdb_posterpp", "rafdb_dan", "affectnet8_dan", "fer2013_resnet18"])
-def test_recipe_trains_a_step_on_synthetic_faces(name, tmp_path):
-    """Branch weights are dropped (they are not in the repository); everything else is the recipe's, the
-    balanced sampler included."""
-    no_weights = ["--model.model_kwargs", "{resize_mode: nearest}" if "posterpp" in name else "{}"]
-    train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *SYNTHETIC, *no_weights,
-                "--trainer.fast_dev_run", "true", "--run.root", str(tmp_path), "--run.wandb", "false"])
+def test_recipe_values_reach_the_optimiser_scheduler_sampler_and_model(name, tmp_path):
+    """A step with the recipe on the synthetic faces; then the live objects are compared with the YAML file
+    (branch weights are left out: they are not in the repository)."""
+    recipe = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    model_args = recipe["model"]["init_args"]
+    cli = train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *SYNTHETIC, *NO_WEIGHTS,
+                      "--data.balanced_sampler", str(recipe["data"]["init_args"]["balanced_sampler"]).lower(),
+                      "--trainer.fast_dev_run", "true", "--run.root", str(tmp_path), "--run.wandb", "false"])
+    module, trainer = cli.model, cli.trainer
+    optimizer = trainer.optimizers[0]
+    base = getattr(optimizer, "base_optimizer", optimizer)
+    assert type(base).__name__.lower() == model_args["optimizer"].removeprefix("sam_")
+    assert base.param_groups[0]["lr"] == pytest.approx(model_args["lr"], rel=0.5) or model_args["scheduler"] == "cosine"
+    assert base.defaults["lr"] == pytest.approx(model_args["lr"])
+    assert max(g["weight_decay"] for g in base.param_groups) == pytest.approx(model_args["weight_decay"])
+    if model_args["optimizer"].startswith("sam_"):
+        assert optimizer.param_groups[0]["rho"] == pytest.approx(model_args["sam_rho"])
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    if model_args["scheduler"] in ("exponential", "step"):
+        step, factor = first_decay(scheduler)
+        assert factor == pytest.approx(model_args["lr_gamma"])
+        epochs_per_decay = model_args.get("lr_step_epochs", 1) if model_args["scheduler"] == "step" else 1
+        assert step % epochs_per_decay == 0
+    sampler = trainer.train_dataloader.sampler
+    assert isinstance(sampler, ClassBalancedSampler) == recipe["data"]["init_args"]["balanced_sampler"]
+    assert module.arch == model_args["arch"] and module.label_smoothing == model_args["label_smoothing"]
+    for key, value in (model_args.get("model_kwargs") or {}).items():
+        if key == "affinity_centers":
+            assert module.net.affinity_loss.centers.shape[0] == value
+        else:
+            assert getattr(module.net, key) == value, key
+    augment = model_args["augment"]
+    ops = [type(op).__name__ for op in module.augmenter.images] if module.augmenter is not None else []
+    expected_ops = {"hflip": "RandomHorizontalFlip", "erasing": "RandomErasing", "affine": "RandomAffine",
+                    "resized_crop": "RandomResizedCrop", "color_jitter": "ColorJitter"}
+    if augment is not True:
+        assert sorted(ops) == sorted(expected_ops[k] for k in augment)
+    erasing = next((op for op in (module.augmenter.images if module.augmenter else []) if type(op).__name__ == "RandomErasing"), None)
+    if isinstance(augment, dict) and "erasing" in augment:
+        assert erasing.value == augment["erasing"]["value"] and erasing.p == augment["erasing"]["p"]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +162,9 @@ def test_recipe_fits_on_its_datasets_in_their_real_format(name, dataset_trees, t
     """`--config <recipe> --data.root <tree>` as a user runs it, on trees written in each dataset's format."""
     datasets = printed_config(name, capsys)["data"]["init_args"]["dataset"]
     roots = [str(dataset_trees[d]) for d in (datasets if isinstance(datasets, list) else [datasets])]
-    no_weights = ["--model.model_kwargs", "{resize_mode: nearest}" if "posterpp" in name else "{}"]
-    train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *FIXTURE_RUN, *no_weights,
-                "--data.root", roots[0] if len(roots) == 1 else yaml.safe_dump(roots, default_flow_style=True).strip(),
-                "--run.root", str(tmp_path), "--run.wandb", "false"])
+    names = datasets if isinstance(datasets, list) else [datasets]
+    root = str(dataset_trees[names[0]]) if len(names) == 1 else \
+        yaml.safe_dump({d: str(dataset_trees[d]) for d in names}, default_flow_style=True).strip()
+    cli = train_main(["--task", "emotion", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *FIXTURE_RUN, *NO_WEIGHTS,
+                      "--data.root", root, "--run.root", str(tmp_path), "--run.wandb", "false"])
+    assert cli.datamodule.datasets == names and cli.trainer.global_step == 1

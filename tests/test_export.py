@@ -5,9 +5,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 
 from common.cli import main as train_main
-from common.export import ExportError, export_checkpoint, load_task_module, main
+from common.export import (ExportError, degenerate_outputs, export_checkpoint, load_task_module, main, verify,
+                           without_local_paths)
 from tests.conftest import TINY_EMOTION, exported_metadata
 
 
@@ -59,3 +61,80 @@ def test_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ExportError, match="garbage.ckpt"):
         load_task_module(path)
+
+
+# ---------------------------------------------------------------- what the check proves
+
+
+class Scaled(torch.nn.Module):
+    """A linear classifier whose logits are scaled up until the softmax saturates."""
+
+    def __init__(self, scale: float, classes: int = 4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(3 * 8 * 8, classes)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * self.scale
+
+
+def exported(tmp_path, net, name="m.onnx"):
+    path = tmp_path / name
+    wrapper = torch.nn.Sequential(net, torch.nn.Softmax(-1)).eval()
+    inputs = (torch.rand(6, 3, 8, 8),)
+    torch.onnx.export(wrapper, inputs, str(path), dynamo=False, opset_version=18, input_names=["image"],
+                      output_names=["probs"], dynamic_axes={"image": {0: "N"}, "probs": {0: "N"}})
+    return path, wrapper, inputs
+
+
+def test_a_saturated_model_is_compared_before_its_softmax(tmp_path):
+    net = Scaled(1e9)
+    path, wrapper, inputs = exported(tmp_path, net)
+    report = verify(path, wrapper, inputs, runs=1, logits_wrapper=net)
+    assert report.max_rel_diff["probs"] < 1e-6
+    assert any("saturated" in note for note in report.warnings)
+    wrong = Scaled(1e9)
+    with torch.no_grad():
+        wrong.fc.weight.mul_(1.01)  # 1 % off: the probabilities stay exactly 0 and 1, the logits do not
+    wrong_wrapper = torch.nn.Sequential(wrong, torch.nn.Softmax(-1)).eval()
+    assert torch.equal(wrong_wrapper(*inputs), wrapper(*inputs)), "the softmax alone cannot tell them apart"
+    with pytest.raises(ExportError, match="before activation"):
+        verify(path, wrong_wrapper, inputs, runs=1, logits_wrapper=wrong)
+
+
+def test_nan_outputs_are_refused(tmp_path):
+    net = Scaled(1.0)
+    with torch.no_grad():
+        net.fc.bias[0] = float("nan")
+    path, wrapper, inputs = exported(tmp_path, net)
+    with pytest.raises(ExportError, match="NaN or infinite"):
+        verify(path, wrapper, inputs, runs=1, logits_wrapper=net)
+
+
+def test_one_class_for_every_sample_is_reported():
+    assert degenerate_outputs({"probs": np.tile([[0.1, 0.9]], (4, 1))}) == \
+        ["probs: every checked sample gives class 1"]
+    assert degenerate_outputs({"probs": np.array([[0.1, 0.9], [0.8, 0.2]])}) == []
+
+
+def test_metadata_says_how_to_crop_and_keeps_no_local_paths(checkpoint, tmp_path):
+    out = tmp_path / "emotion.onnx"
+    export_checkpoint(checkpoint, out)
+    metadata = exported_metadata(out, "emotion")
+    assert "softmax" in metadata["output_activation"] and "probabilities" in metadata["output_activation"]
+    template = json.loads(metadata["align_template"])
+    assert len(template) == 5 and all(0 < v < 64 for point in template for v in point)
+    assert template[0][0] < template[1][0], "left eye left of the right eye"
+    assert "left eye" in metadata["landmark_scheme"] and "area" in metadata["resize_interpolation"]
+    assert metadata["face_detector"].startswith("none")
+    assert float(metadata["align_margin"]) >= 0
+    assert str(checkpoint.parents[3]) not in metadata["training_config"]
+    assert "<local>/" in metadata["training_config"], "the run root was an absolute path: it must be cut"
+
+
+def test_absolute_paths_are_cut_to_file_names():
+    config = "data:\n  root: /home/me/data/raf\nmodel:\n  backbone_weights: weights/ir50.pth\n  other: C:\\\\x\\\\y.pth\n"
+    scrubbed = yaml.safe_load(without_local_paths(config))
+    assert scrubbed["data"]["root"] == "<local>/raf"
+    assert scrubbed["model"] == {"backbone_weights": "weights/ir50.pth", "other": "<local>/y.pth"}

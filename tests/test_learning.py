@@ -44,7 +44,7 @@ def test_dan_from_a_pretrained_trunk_learns_on_held_out_subjects(trunk_run, tmp_
     trunk = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     torch.save({"state_dict": trunk}, tmp_path / "trunk.pth")  # the layout of DAN's resnet18_msceleb.pth
     main(["--task", "emotion", "fit", "--model.arch", "dan", "--model.lr", "1e-3",
-          "--model.model_kwargs", f"{{backbone_weights: {tmp_path / 'trunk.pth'}}}", "--trainer.max_epochs", "2",
+          "--model.backbone_weights", str(tmp_path / "trunk.pth"), "--trainer.max_epochs", "2",
           "--run.root", str(tmp_path), "--run.name", "dan", *SMALL_RUN])
     accuracy = held_out_accuracy(tmp_path / "emotion" / "dan" / "version_0")
     assert accuracy[-1] >= WELL_ABOVE_CHANCE, f"held-out accuracy by epoch: {accuracy}"

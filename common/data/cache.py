@@ -7,6 +7,12 @@ Layout of a cache folder:
     shards/<run>-<pid>.jsonl   one line per finished sample (its frame range in the shard, record, alignment)
     index.jsonl         written when every sample is done: the done lines in dataset order
     index.csv           the same, flat, for a human with pandas
+    checksums.json      CRC-32 of every shard's frames (each done line also holds its sample's CRC-32)
+    verified.json       shard sizes and times when the checksums last matched
+
+A cache is checked when it is opened: a shard shorter than its index says names the shard and the first
+sample it lost; the checksums are verified the first time a cache is opened after it changed (and by
+`python -m common.prepare --verify CACHE`), naming the samples whose bytes differ.
 
 Resuming is free: a sample's line is written only after its frames are flushed, so a crash or Ctrl-C leaves
 at most a tail of frames no line points to (ignored) and a torn last line (ignored); a rerun skips every key
@@ -20,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -33,6 +40,8 @@ from common.data.records import Sample, sample_from_dict, sample_key, sample_to_
 
 CACHE_VERSION = 1
 SETTINGS_FILE, INDEX_FILE, INDEX_CSV, SHARD_DIR = "settings.json", "index.jsonl", "index.csv", "shards"
+CHECKSUMS_FILE, VERIFIED_FILE = "checksums.json", "verified.json"
+CHECKSUM_CHUNK = 64 << 20
 SPANS = ("interval", "all")
 
 
@@ -46,6 +55,10 @@ class CacheMismatchError(CacheError):
 
 class CacheIncompleteError(CacheError):
     pass
+
+
+class CacheCorruptError(CacheError):
+    """Shard bytes that are missing or differ from what prepare wrote."""
 
 
 @dataclass(frozen=True)
@@ -193,9 +206,11 @@ def cache_sample(sample: Sample, root: Path, reader: FrameSource, aligner: FaceA
     numbers = span_numbers(sample, reader.numbers, settings)
     positions = reader.positions_of(numbers)
     alignment = aligner.choose(sample.extra, len(positions), lambda p: reader.read(positions[p]), sample.path)
-    start = writer.position
+    start, crc = writer.position, 0
     for first in range(0, len(positions), chunk):
-        writer.append(aligner.apply(reader.read(positions[first:first + chunk]), alignment))
+        frames = np.ascontiguousarray(aligner.apply(reader.read(positions[first:first + chunk]), alignment))
+        writer.append(frames)
+        crc = zlib.crc32(frames.data, crc)
     record = {
         "key": sample_key(sample, root),
         "sample": sample_to_dict(sample, root),
@@ -204,6 +219,7 @@ def cache_sample(sample: Sample, root: Path, reader: FrameSource, aligner: FaceA
         "count": len(positions),
         "numbers": numbers.tolist(),
         "alignment": alignment_record(alignment),
+        "crc32": crc,
     }
     writer.commit(record)
     return record
@@ -252,6 +268,73 @@ def write_index(cache: Path, records: Sequence[Mapping]) -> None:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
     os.replace(temporary, cache / INDEX_FILE)
     write_index_csv(cache / INDEX_CSV, records)
+    write_json_atomic(cache / CHECKSUMS_FILE, shard_checksums(cache, records))
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def shard_extents(records: Sequence[Mapping]) -> dict[str, int]:
+    """Frames of each shard the index uses (a crashed run may have left unused frames at a shard's end)."""
+    extents: dict[str, int] = {}
+    for record in records:
+        extents[record["shard"]] = max(extents.get(record["shard"], 0), record["start"] + record["count"])
+    return extents
+
+
+def frame_bytes_of(cache: Path) -> int:
+    size = FrameSettings.from_dict(read_settings(cache)["frames"]).align.size
+    return size * size * 3
+
+
+def shard_checksums(cache: Path, records: Sequence[Mapping]) -> dict[str, dict]:
+    per_frame = frame_bytes_of(cache)
+    return {name: {"bytes": frames * per_frame, "crc32": file_crc32(Path(cache) / SHARD_DIR / f"{name}.u8",
+                                                                     frames * per_frame)}
+            for name, frames in sorted(shard_extents(records).items())}
+
+
+def file_crc32(path: Path, length: int) -> int:
+    crc, left = 0, length
+    with open(path, "rb") as handle:
+        while left > 0:
+            block = handle.read(min(CHECKSUM_CHUNK, left))
+            if not block:
+                break
+            crc, left = zlib.crc32(block, crc), left - len(block)
+    return crc
+
+
+def shard_stamp(cache: Path, shards: Iterable[str]) -> dict[str, list[int]]:
+    """Size and modification time of each shard: what a verification is valid for."""
+    stamp = {}
+    for name in sorted(shards):
+        status = (Path(cache) / SHARD_DIR / f"{name}.u8").stat()
+        stamp[name] = [status.st_size, status.st_mtime_ns]
+    return stamp
+
+
+def verify_cache(cache: Path | str) -> list[str]:
+    """Every problem found, one line each naming the shard and the samples at fault; [] for a sound cache."""
+    cache = Path(cache)
+    entries = FrameCache(cache, verify=False).entries
+    if not (cache / CHECKSUMS_FILE).is_file():
+        return [f"{cache}: no {CHECKSUMS_FILE} (made by an older version); checksums cannot be verified"]
+    expected = json.loads((cache / CHECKSUMS_FILE).read_text())
+    problems = []
+    for name, want in expected.items():
+        path = cache / SHARD_DIR / f"{name}.u8"
+        if file_crc32(path, want["bytes"]) != want["crc32"]:
+            problems.append(f"{path}: checksum differs; samples at fault: "
+                            f"{', '.join(damaged_samples(cache, entries, name)) or 'none found'}")
+    return problems
+
+
+def damaged_samples(cache: Path, entries: Sequence[Mapping], shard: str) -> list[str]:
+    frames = FrameCache(cache, verify=False)
+    return [entry["key"] for i, entry in enumerate(entries)
+            if entry["shard"] == shard and "crc32" in entry
+            and zlib.crc32(np.ascontiguousarray(frames.frames(i)).data) != entry["crc32"]]
 
 
 def write_index_csv(path: Path, records: Sequence[Mapping]) -> None:
@@ -296,9 +379,10 @@ class AlignedFrames:
 
 
 class FrameCache(AlignedFrames):
-    """A finished cache. `expect` (a settings dict, or part of one) refuses a cache made differently."""
+    """A finished cache. `expect` (a settings dict, or part of one) refuses a cache made differently; `verify`
+    checks the checksums when the shards changed since they were last verified."""
 
-    def __init__(self, path: Path | str, expect: Mapping | None = None):
+    def __init__(self, path: Path | str, expect: Mapping | None = None, verify: bool = True):
         self.path = Path(path)
         self.settings = read_settings(self.path)
         if expect:
@@ -313,6 +397,37 @@ class FrameCache(AlignedFrames):
         self.frames_settings = FrameSettings.from_dict(self.settings["frames"])
         self.size = self.frames_settings.align.size
         self._shards: dict[str, np.ndarray] = {}
+        self.check_sizes()
+        if verify:
+            self.verify_once()
+
+    def check_sizes(self) -> None:
+        """A shard cut short (a full disk, an interrupted copy) names itself and the first sample it lost."""
+        per_frame = self.size * self.size * 3
+        for name, frames in shard_extents(self.entries).items():
+            path = self.path / SHARD_DIR / f"{name}.u8"
+            have = path.stat().st_size // per_frame if path.is_file() else 0
+            if have < frames:
+                lost = next(e["key"] for e in self.entries if e["shard"] == name and e["start"] + e["count"] > have)
+                raise CacheCorruptError(f"{path}: holds {have} frames where the index needs {frames}; the shard is "
+                                        f"cut short (first sample lost: {lost}). Copy the cache again, or rebuild "
+                                        f"it with python -m common.prepare into a new folder")
+
+    def verify_once(self) -> None:
+        if not (self.path / CHECKSUMS_FILE).is_file():
+            return
+        stamp = shard_stamp(self.path, shard_extents(self.entries))
+        marker = self.path / VERIFIED_FILE
+        if marker.is_file() and json.loads(marker.read_text()) == stamp:
+            return
+        problems = verify_cache(self.path)
+        if problems:
+            raise CacheCorruptError("cache checksums differ from what prepare wrote:\n  " + "\n  ".join(problems)
+                                    + "\nrebuild the cache (python -m common.prepare into a new folder)")
+        try:
+            write_json_atomic(marker, stamp)
+        except OSError:
+            pass  # a read-only cache is verified on every open instead
 
     def __getstate__(self):
         """Loader workers re-open the memory maps; pickling a memmap would copy the whole shard."""
@@ -376,6 +491,11 @@ class RawFrames(AlignedFrames):
                                                       self.samples[i].path)
         frames = reader.read(source_positions[np.asarray(positions, dtype=np.int64)])
         return self.aligner.apply(frames, self._alignments[i])
+
+
+def source_root(frames: AlignedFrames, source: Path | str) -> Path:
+    """The dataset root behind `frames`: recorded by a cache, else the folder it was opened from."""
+    return Path(frames.settings["root"]) if isinstance(frames, FrameCache) else Path(source)
 
 
 def is_cache(path: Path | str) -> bool:

@@ -81,24 +81,25 @@ class Sample:
         fps = self.extra.get("fps")
         return None if fps is None else float(fps)
 
-    def with_path(self, path: Path | str) -> "Sample":
-        return replace(self, path=Path(path))
-
-
 def sample_key(sample: Sample, root: Path | None = None) -> str:
-    """A stable name for a sample: the cache's resume list and the per-sample prediction CSVs use it.
+    """A stable name for a sample across datasets (the cache's resume list): `<dataset>:<sample_name>`."""
+    return f"{sample.dataset}:{sample_name(sample, root)}"
 
-    The path is taken relative to `root` when it lies inside, so a dataset copied elsewhere keeps its keys;
-    the interval is part of the key because one video holds many annotated intervals (CAS(ME)³ repeats a
-    Filename within a subject).
+
+def sample_name(sample: Sample, root: Path | None = None) -> str:
+    """A stable name for a sample within its dataset (the `sample` column of prediction files).
+
+    The parser's `id` where it gives one (an annotation row), else the path relative to `root` when it lies
+    inside, so a dataset copied elsewhere keeps its names; the interval is part of the name because one video
+    holds many annotated intervals (CAS(ME)³ repeats a Filename within a subject).
     """
     if "id" in sample.extra:
-        return f"{sample.dataset}:{sample.extra['id']}"
-    key = f"{sample.dataset}:{relative_path(sample.path, root).as_posix()}"
+        return str(sample.extra["id"])
+    name = relative_path(sample.path, root).as_posix()
     if sample.interval is not None:
         onset, apex, offset = sample.interval.as_tuple()
-        key += f"@{onset}-{'' if apex is None else apex}-{offset}"
-    return key
+        name += f"@{onset}-{'' if apex is None else apex}-{offset}"
+    return name
 
 
 def relative_path(path: Path, root: Path | None) -> Path:
@@ -111,11 +112,6 @@ def relative_path(path: Path, root: Path | None) -> Path:
         except ValueError:
             continue
     return path
-
-
-def subjects_of(samples) -> list[str]:
-    """Distinct subjects in first-seen order."""
-    return list(dict.fromkeys(s.subject for s in samples))
 
 
 def to_jsonable(value: Any) -> Any:
@@ -183,5 +179,3 @@ def sample_from_dict(row: Mapping, root: Path | None = None) -> Sample:
     )
 
 
-def dumps_sample(sample: Sample, root: Path | None = None) -> str:
-    return json.dumps(sample_to_dict(sample, root), sort_keys=True)

@@ -1,7 +1,9 @@
 """Torch datasets over the synthetic face, rendered on the fly.
 
 Item i is a pure function of (seed, i): no global RNG, so any worker or process returns the same
-sample. Subjects are given explicitly, so train and validation sets can use disjoint identities.
+sample. Subjects are given explicitly, so train and validation sets can use disjoint identities. Items are the
+batch dicts every task module reads: `input` (uint8, channels first), `target`, and the sample's identity
+(`dataset` "synthetic", `subject`, `sample`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .face import AUS, rng_for
-from .samples import EMOTIONS, KINDS, au_sample, emotion_sample, expression_clip
+from .samples import EMOTIONS, au_sample, emotion_sample
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -54,9 +56,14 @@ class _SubjectGrid(Dataset):
     def _sample_seed(self, i: int, tag: int) -> int:
         return int(rng_for(tag, self.seed, i).integers(2 ** 62))
 
+    def item(self, i: int, image: np.ndarray, target) -> dict:
+        subject = self.subject_of(i)
+        return {"input": _image_tensor(image), "target": target, "dataset": "synthetic", "subject": str(subject),
+                "sample": f"{self.seed}/{i}"}
+
 
 class SyntheticEmotionDataset(_SubjectGrid):
-    """(uint8 image [3, H, W], label) with labels in the shared EMOTIONS order.
+    """Faces (uint8 [3, H, W]) with labels in the shared EMOTIONS order.
 
     num_classes=7 uses the first seven emotions (no contempt), 8 uses all. Labels cycle through the
     classes with the item index, so every class has the same count (up to one when the length is not a
@@ -78,46 +85,22 @@ class SyntheticEmotionDataset(_SubjectGrid):
     def _label(self, i: int) -> int:
         return i % self.num_classes
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> dict:
         i = self._check_index(i)
         label = self._label(i)
         image, _ = emotion_sample(self.subject_of(i), label, self._sample_seed(i, 0xD1), self.size)
-        return _image_tensor(image), label
+        return self.item(i, image, label)
 
 
 class SyntheticAUDataset(_SubjectGrid):
-    """(uint8 image [3, H, W], float32 [len(AUS)] activations in AUS order, 0..1; *5 = FACS intensity)."""
+    """Faces (uint8 [3, H, W]) with float32 [len(AUS)] activations in AUS order as target (0..1; *5 = FACS
+    intensity)."""
 
     def __init__(self, subjects: Sequence[int], per_subject: int, size: int = 256, seed: int = 0):
         super().__init__(subjects, per_subject, size, seed)
         self.aus = AUS
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict:
         i = self._check_index(i)
         image, labels = au_sample(self.subject_of(i), self._sample_seed(i, 0xD2), self.size)
-        return _image_tensor(image), torch.tensor([labels[au] for au in AUS], dtype=torch.float32)
-
-
-class SyntheticClipDataset(_SubjectGrid):
-    """(uint8 clip [T, 3, H, W], emotion label in EMOTIONS order) of micro or macro expressions.
-
-    Emotions cycle through 1..7 (never neutral) with the item index, so classes are balanced.
-    """
-
-    def __init__(self, subjects: Sequence[int], per_subject: int, *, kind: str = "micro", fps: float = 200.0,
-                 n_frames: int = 16, size: int = 112, seed: int = 0):
-        super().__init__(subjects, per_subject, size, seed)
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self.kind, self.fps, self.n_frames = kind, float(fps), int(n_frames)
-
-    @property
-    def labels(self) -> list[int]:
-        return [1 + i % (len(EMOTIONS) - 1) for i in range(len(self))]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        i = self._check_index(i)
-        label = 1 + i % (len(EMOTIONS) - 1)
-        clip = expression_clip(self.subject_of(i), self._sample_seed(i, 0xD3), kind=self.kind, fps=self.fps,
-                               n_frames=self.n_frames, size=self.size, emotion=label)
-        return torch.from_numpy(np.ascontiguousarray(clip.frames.transpose(0, 3, 1, 2))), label
+        return self.item(i, image, torch.tensor([labels[au] for au in AUS], dtype=torch.float32))

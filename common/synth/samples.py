@@ -13,10 +13,12 @@ from typing import Mapping
 
 import numpy as np
 
+from common.labels import class_names
+
 from .face import AUS, SIDES, Nuisance, random_pose, render_face, rng_for, sample_nuisance
 
-# Shared 8-class order (AffectNet's); index = label. The 7-class setting drops the last one.
-EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+# The shared order of common/labels.yaml; index = label. The 7-class setting drops the last one.
+EMOTIONS: tuple[str, ...] = tuple(class_names("emotion"))
 
 # EMFACS-style prototypes: {AU: weight}; the weight times the sample intensity gives the activation.
 EMOTION_PROTOTYPES: Mapping[int, Mapping[int, float]] = MappingProxyType({
@@ -165,10 +167,6 @@ class Clip:
     kind: str = "micro"
     subject: int = 0
     sides: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def duration_seconds(self) -> float:
-        return (self.offset - self.onset + 1) / self.fps
 
 
 @dataclass(frozen=True)
