@@ -78,7 +78,7 @@ def train_samples_per_s(module: EmotionModule, batch: int, steps: int, warmup: i
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        loss = module.compute_loss((images, target))
+        loss = module.compute_loss({"input": images, "target": target})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -12,7 +12,7 @@ import time
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from common.optim import build_optimizer
 from common.synth import emotion_sample
@@ -20,11 +20,18 @@ from emotion.data import EMOTION_CLASSES
 from emotion.module import EmotionModule
 
 
-def rendered_batches(batch: int, steps: int, size: int) -> TensorDataset:
-    n = batch * steps
-    faces = [emotion_sample(subject=i % 24, label=i % 7, seed=i, size=size)[0] for i in range(n)]
-    images = torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in faces])
-    return TensorDataset(images, torch.arange(n) % 7)
+class RenderedFaces(Dataset):
+    """Faces rendered once, served as the batch dicts every task module reads."""
+
+    def __init__(self, count: int, size: int):
+        faces = [emotion_sample(subject=i % 24, label=i % 7, seed=i, size=size)[0] for i in range(count)]
+        self.images = torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in faces])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input": self.images[i], "target": i % 7}
 
 
 def make_module(arch: str, size: int) -> EmotionModule:
@@ -41,8 +48,8 @@ def plain_loop(module: EmotionModule, loader: DataLoader, warmup: int) -> float:
     for step, batch in enumerate(loader):
         if step == warmup:
             start = time.perf_counter()
-        images, target = module.on_after_batch_transfer(batch, 0)
-        loss = module.classification_loss(module(images), target)
+        batch = module.on_after_batch_transfer(batch, 0)
+        loss = module.classification_loss(module(batch["input"]), batch["target"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,7 +85,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--arch", default="resnet18")
     args = parser.parse_args()
-    data = rendered_batches(args.batch, args.steps + args.warmup, args.size)
+    data = RenderedFaces(args.batch * (args.steps + args.warmup), args.size)
     loader = DataLoader(data, batch_size=args.batch, shuffle=False)
     plain = plain_loop(make_module(args.arch, args.size), loader, args.warmup)
     framework = lightning_loop(make_module(args.arch, args.size), loader, args.warmup)

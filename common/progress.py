@@ -50,7 +50,8 @@ class LineProgress(ProgressBar):
         self._say(f"test: {self._metrics(trainer, pl_module)}")
 
     def _metrics(self, trainer, pl_module) -> str:
-        shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        shown = {k.removesuffix("_step"): v for k, v in self.get_metrics(trainer, pl_module).items()
+                 if k != "v_num" and not k.endswith("_epoch")}
         for key, value in trainer.callback_metrics.items():  # the stage summaries (val/acc, val/f1, ...)
             if key.count("/") == 1 and "_" not in key.split("/")[1] and value.numel() == 1:
                 shown[key] = float(value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,6 +421,9 @@ class FrameCache(AlignedFrames):
         marker = self.path / VERIFIED_FILE
         if marker.is_file() and json.loads(marker.read_text()) == stamp:
             return
+        gigabytes = sum(size for size, _ in stamp.values()) / 1e9
+        print(f"{self.path}: verifying the checksums of {len(stamp)} shards ({gigabytes:.2f} GB), once after every "
+              f"change", file=sys.stderr, flush=True)
         problems = verify_cache(self.path)
         if problems:
             raise CacheCorruptError("cache checksums differ from what prepare wrote:\n  " + "\n  ".join(problems)
