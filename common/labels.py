@@ -3,6 +3,7 @@
     class_names("emotion")          -> ['neutral', 'happy', ...]
     code_map("rafdb")               -> {1: 3, 2: 4, ...}   (dataset code -> index in the dataset's scheme)
     left_out_codes("affectnet")     -> {8: 'None', 9: 'Uncertain', 10: 'No-Face'}
+    word_map("megc2019", "samm")    -> {'anger': 0, 'contempt': 0, ..., 'happiness': 1, 'surprise': 2}
 """
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def _check(table: dict) -> None:
         unknown = sorted(set(entry["codes"].values()) - set(classes))
         if unknown:
             raise ValueError(f"{LABELS_FILE}: dataset {name} maps to {unknown}, not classes of {entry['scheme']}")
+    for scheme, per_dataset in (table.get("groupings") or {}).items():
+        if scheme not in schemes:
+            raise ValueError(f"{LABELS_FILE}: groupings name unknown scheme {scheme!r}")
+        for dataset, classes in per_dataset.items():
+            unknown = sorted(set(classes) - set(schemes[scheme]))
+            if unknown:
+                raise ValueError(f"{LABELS_FILE}: grouping {scheme}/{dataset} names {unknown}, not classes of {scheme}")
 
 
 def schemes() -> list[str]:
@@ -67,3 +75,21 @@ def code_map(dataset: str, scheme: str | None = None) -> dict:
 
 def left_out_codes(dataset: str) -> dict:
     return dict(_dataset(dataset).get("left_out") or {})
+
+
+def word_map(scheme: str, dataset: str) -> dict[str, int]:
+    """A dataset's emotion word (lower case) -> class index in `scheme`; words of no class are absent."""
+    classes = class_names(scheme)
+    groupings = (_table().get("groupings") or {}).get(scheme)
+    if groupings is None:
+        raise KeyError(f"scheme {scheme!r} groups no dataset words in {LABELS_FILE}")
+    per_dataset = groupings.get(dataset, groupings.get("*"))
+    if per_dataset is None:
+        raise KeyError(f"scheme {scheme!r} has no classes for dataset {dataset!r}; it covers {sorted(groupings)}")
+    return {str(word).lower(): classes.index(name) for name, words in per_dataset.items() for word in words}
+
+
+def schemes_for(dataset: str) -> list[str]:
+    """The schemes that can label a dataset's samples."""
+    groupings = _table().get("groupings") or {}
+    return sorted(s for s, per in groupings.items() if dataset in per or "*" in per)

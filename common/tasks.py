@@ -45,6 +45,9 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec("emotion", "emotion.module.EmotionModule", "emotion.data.EmotionDataModule", "emotion.contract.CONTRACT",
                  "emotion/synthetic.yaml", links=CLASSIFICATION_LINKS),
+        TaskSpec("microexp", "microexp.module.MicroExpModule", "microexp.data.MicroExpDataModule",
+                 "microexp.contract.CONTRACT", "microexp/synthetic.yaml",
+                 links=CLASSIFICATION_LINKS + (("data.clip_length", "model.init_args.clip_length"),)),
     )
 }
 

@@ -80,3 +80,59 @@ def find_file(root: Path, candidates: Sequence[str], what: str) -> Path:
         if (root / candidate).is_file():
             return root / candidate
     raise FileNotFoundError(f"{root}: {what} not found (looked for {', '.join(candidates)})")
+
+
+def sheet_error(path: Path, sheet: str, row: int, reason: str) -> AnnotationError:
+    return AnnotationError(f"{path}, sheet {sheet!r}, row {row}: {reason}")
+
+
+def excel_rows(path: Path, required: Sequence[str], sheet: str | None = None, header_search: int = 40
+               ) -> Iterator[tuple[int, dict]]:
+    """(row number as Excel shows it, cells by column name) for each data row of an .xlsx or .xls sheet.
+
+    The header is the first of the first `header_search` rows that holds every `required` column (compared
+    case-insensitively, spaces stripped), so free text above it (SAMM) is passed over; cells keep their types
+    (numbers, text, None). Blank rows are not rows. `sheet` None means the first sheet.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation sheet not found")
+    name, rows = _sheet_values(path, sheet)
+    wanted = {_column_key(c): c for c in required}
+    for number, row in enumerate(rows[:header_search], start=1):
+        keys = [_column_key(cell) for cell in row]
+        if all(key in keys for key in wanted):
+            columns = [wanted.get(key, "" if cell is None else str(cell).strip()) for key, cell in zip(keys, row)]
+            for offset, cells in enumerate(rows[number:], start=number + 1):
+                if any(cell is not None and str(cell).strip() for cell in cells):
+                    yield offset, dict(zip(columns, list(cells) + [None] * (len(columns) - len(cells))))
+            return
+    raise AnnotationError(f"{path}, sheet {name!r}: no header row with the columns {', '.join(required)} in its "
+                          f"first {header_search} rows")
+
+
+def _column_key(cell) -> str:
+    return "" if cell is None else "".join(str(cell).split()).lower()
+
+
+def _sheet_values(path: Path, sheet: str | None) -> tuple[str, list[list]]:
+    if path.suffix.lower() == ".xls":
+        import xlrd
+
+        book = xlrd.open_workbook(str(path))
+        names = book.sheet_names()
+        chosen = names[0] if sheet is None else sheet
+        if chosen not in names:
+            raise AnnotationError(f"{path}: no sheet {chosen!r} (sheets: {names})")
+        table = book.sheet_by_name(chosen)
+        return chosen, [[None if c.ctype == xlrd.XL_CELL_EMPTY else c.value for c in table.row(r)]
+                        for r in range(table.nrows)]
+    from openpyxl import load_workbook
+
+    book = load_workbook(path, read_only=True, data_only=True)
+    try:
+        chosen = book.sheetnames[0] if sheet is None else sheet
+        if chosen not in book.sheetnames:
+            raise AnnotationError(f"{path}: no sheet {chosen!r} (sheets: {book.sheetnames})")
+        return chosen, [list(row) for row in book[chosen].iter_rows(values_only=True)]
+    finally:
+        book.close()

@@ -100,11 +100,25 @@ def load_folds(path: Path) -> dict[str, int]:
     return read_column_pairs(Path(path), "subject", "fold")
 
 
+def lodo_folds(subjects: Iterable[str]) -> dict[str, int]:
+    """Leave one dataset out: subjects spelled `<dataset>/<subject>`, one fold per dataset (in name order)."""
+    subjects = ordered_subjects(subjects)
+    unnamed = [s for s in subjects if "/" not in s]
+    if unnamed:
+        raise ValueError(f"leave-one-dataset-out needs subjects spelled <dataset>/<subject>, got {unnamed[:3]}")
+    datasets = sorted({s.split("/", 1)[0] for s in subjects})
+    if len(datasets) < 2:
+        raise ValueError(f"leave-one-dataset-out needs two or more datasets, got {datasets}")
+    return {s: datasets.index(s.split("/", 1)[0]) for s in subjects}
+
+
 def make_folds(subjects: Iterable[str], scheme: str = "loso", k: int = 5, seed: int = 0,
                sizes: Mapping[str, int] | None = None) -> dict[str, int]:
-    """scheme: 'loso', 'kfold', or the name/path of a fixed fold list."""
+    """scheme: 'loso', 'kfold', 'lodo' (leave one dataset out), or the name/path of a fixed fold list."""
     if scheme == "loso":
         return loso_folds(subjects)
+    if scheme == "lodo":
+        return lodo_folds(subjects)
     if scheme == "kfold":
         return kfold_subjects(subjects, k, seed, sizes)
     folds = fixed_folds(scheme)

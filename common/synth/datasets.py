@@ -59,7 +59,7 @@ class _SubjectGrid(Dataset):
     def item(self, i: int, image: np.ndarray, target) -> dict:
         subject = self.subject_of(i)
         return {"input": _image_tensor(image), "target": target, "dataset": "synthetic", "subject": str(subject),
-                "sample": f"{self.seed}/{i}"}
+                "sample": f"{subject}/{i % self.per_subject}"}
 
 
 class SyntheticEmotionDataset(_SubjectGrid):

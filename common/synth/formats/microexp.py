@@ -260,3 +260,73 @@ def _with_gaps(numbers: range, annotated: set[int], rng: np.random.Generator) ->
     candidates = [n for n in numbers if n not in annotated and numbers.start < n < numbers.stop - 1]
     dropped = set(rng.choice(candidates, size=min(2, len(candidates)), replace=False).tolist()) if candidates else set()
     return [n for n in numbers if n not in dropped]
+
+
+# ---------------------------------------------------------------- the MEGC2019 composite
+
+
+MEGC2019_WORDS = {  # the composite's label -> emotion words a sheet may give it, used in turn
+    "casme2": {0: ("disgust", "repression"), 1: ("happiness",), 2: ("surprise",)},
+    "samm": {0: ("Anger", "Contempt", "Disgust", "Fear", "Sadness"), 1: ("Happiness",), 2: ("Surprise",)},
+    "smic": {0: ("negative",), 1: ("positive",), 2: ("surprise",)},
+}
+MEGC2019_LEFT_OUT = {"casme2": ("others", "fear", "sadness"), "samm": ("Other",)}
+
+
+def write_megc2019(root: Path | str, gt_csv: Path | str, size: int = 24, frames: int = 3) -> Written:
+    """CASME II, SAMM and SMIC-HS trees under root/casme2, root/samm, root/smic holding exactly the clips of the
+    composite's ground-truth list (`db,subject,video,label` rows), each with an emotion word of its class, plus
+    clips of emotions the composite leaves out (recorded with a problem, so a loader must drop them)."""
+    root = Path(root)
+    rows = [line.split(",") for line in Path(gt_csv).read_text().split() if line.strip()]
+    records, sheets = [], {"casme2": [], "samm": []}
+    for k, (db, subject, video, label) in enumerate(rows):
+        word = MEGC2019_WORDS[db][int(label)][k % len(MEGC2019_WORDS[db][int(label)])]
+        records.append(_megc_clip(root, db, subject, video, word, size, frames, sheets, ()))
+    for db, words in MEGC2019_LEFT_OUT.items():
+        subject = next(r[1] for r in rows if r[0] == db)
+        for j, word in enumerate(words):
+            video = f"EP90_{j:02d}" if db == "casme2" else f"{int(subject):03d}_9_{j + 1}"
+            records.append(_megc_clip(root, db, subject, video, word, size, frames, sheets, ("not in the composite",)))
+    _megc_sheets(root, sheets)
+    return Written(root, records, Path(gt_csv), notes=["SMIC folders s1, MEGC list s01"])
+
+
+def _megc_clip(root: Path, db: str, subject: str, video: str, word: str, size: int, count: int, sheets: dict,
+               problems: tuple[str, ...]) -> Expected:
+    number = int("".join(ch for ch in subject if ch.isdigit()))
+    face = np.repeat(render_face_cached(number, size)[None], count, axis=0)
+    if db == "casme2":
+        folder = root / "casme2" / "CASME2_RAW_selected" / subject / video
+        write_clip_frames(folder, face, range(10, 10 + count), lambda n: f"img{n}.jpg")
+        sheets["casme2"].append([number, video, None, 10, 11, 9 + count, None, "4", word])
+        found_subject = subject
+    elif db == "samm":
+        found_subject = f"{number:03d}"
+        folder = root / "samm" / "SAMM" / found_subject / video
+        write_clip_frames(folder, face, range(100, 100 + count), lambda n, s=number: f"{s:03d}_{n:05d}.jpg", gray=True)
+        sheets["samm"].append([number, video, 1, 100, -1, 99 + count, count, "Micro", "4", word, 1, None])
+    else:
+        found_subject = f"s{number}"
+        name = video.replace(subject + "_", found_subject + "_", 1)
+        folder = root / "smic" / "HS" / found_subject / "micro" / word / name
+        write_clip_frames(folder, face, range(500, 500 + count), lambda n: f"image{n:06d}.bmp")
+    return Expected(db, found_subject, "frames", folder, None, {"emotion": word.lower()},
+                    {"megc_subject": subject, "megc_video": video}, problems=problems)
+
+
+def render_face_cached(subject: int, size: int, _cache: dict = {}) -> np.ndarray:  # noqa: B006 -- a render cache
+    from common.synth import render_face
+
+    if (subject, size) not in _cache:
+        _cache[(subject, size)] = render_face({}, subject, size=size, seed=subject)
+    return _cache[(subject, size)]
+
+
+def _megc_sheets(root: Path, sheets: dict) -> None:
+    casme2_header = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units",
+                     "Estimated Emotion"]
+    write_xlsx(root / "casme2" / CASME2_SHEET, {"Sheet1": [casme2_header] + sheets["casme2"]})
+    samm_header = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame", "Duration",
+                   "Micro", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"]
+    write_xlsx(root / "samm" / SAMM_SHEET, {"FACS_Movement_Only": samm_preamble() + [samm_header] + sheets["samm"]})

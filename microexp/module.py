@@ -1,0 +1,67 @@
+"""The micro-expression LightningModule: the shared classification step on clips [N, T, 3, H, W]."""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import torch
+
+from common.module import ClassificationModule
+from microexp.contract import CONTRACT
+from microexp.model import build, load_weights
+
+# Clips change little frame to frame and micro-expressions are small: a crop and a flip, no colour jitter
+# (which would differ in strength from what the face does), no erasing of the moving region.
+CLIP_AUGMENTATION = {"resized_crop": {"scale": (0.85, 1.0), "ratio": (0.95, 1.05)}, "hflip": {}}
+
+
+class MicroExpModule(ClassificationModule):
+    """Micro-expression classifier.
+
+    Args:
+        arch: videomae_s, videomae_b (VideoMAE V2 + temporal adapters), videomae_tiny, or cnn_lstm (the
+            toolkit's baseline).
+        class_names, image_size, clip_length, preprocessing: linked from the data module.
+        pretrained: a local VideoMAE V2 checkpoint (e.g. vit_s_k710_dl_from_giant.pth), or timm ResNet-18
+            weights for cnn_lstm; read when a run starts from scratch, never when a checkpoint is restored.
+        freeze_backbone: train adapters, norms and head only (VideoMAE).
+        adapter_ratio, drop_path, head_dropout, grad_checkpointing: VideoMAE options (see microexp.model).
+        allow_pickle: read weight files that pickle more than tensors (trusted files only).
+
+    The remaining arguments (augmentation, Mixup/CutMix, loss, optimiser) are `ClassificationModule`'s and
+    `TaskModule`'s; clips get one augmentation parameter set for all their frames.
+    """
+
+    task = "microexp"
+    contract = CONTRACT
+
+    def __init__(self, class_names: Sequence[str], image_size: int = 224, clip_length: int = 16,
+                 arch: str = "videomae_s", pretrained: str | None = None, freeze_backbone: bool = False,
+                 adapter_ratio: float = 0.25, drop_path: float = 0.1, head_dropout: float = 0.0,
+                 grad_checkpointing: bool = False, allow_pickle: bool = False, augment=CLIP_AUGMENTATION, **kwargs):
+        super().__init__(class_names, image_size, augment=augment, **kwargs)
+        self.save_hyperparameters()
+        self.arch, self.clip_length = arch, clip_length
+        options = dict(adapter_ratio=adapter_ratio, freeze_backbone=freeze_backbone, drop_path=drop_path,
+                       head_dropout=head_dropout, grad_checkpointing=grad_checkpointing) if arch != "cnn_lstm" else {}
+        self.net = build(arch, len(class_names), clip_length, image_size, **options)
+
+    @property
+    def arch_name(self) -> str:
+        return self.arch
+
+    def load_initial_weights(self) -> None:
+        load_weights(self.net, self.arch, self.hparams.pretrained, self.hparams.allow_pickle)
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
+        from microexp.data import SyntheticMicroClips
+
+        clips = SyntheticMicroClips(range(10_000, 10_000 + batch), 1, self.clip_length, self.image_size)
+        return (torch.stack([clips[i]["input"] for i in range(batch)]).float() / 255,)
+
+    def export_metadata(self) -> dict[str, str]:
+        metadata = super().export_metadata()
+        metadata.update({"arch": self.arch, "clip_length": str(self.clip_length),
+                         "fps": json.dumps(self.preprocessing.get("fps", {})),
+                         "clip_sampling": str(self.preprocessing.get("clip_sampling", ""))})
+        return metadata

@@ -1,0 +1,140 @@
+"""VideoMAE V2 with temporal adapters: published sizes, the official key layout, frozen training, gradient
+checkpointing, export; the CNN+LSTM baseline."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.export import export_module, verify
+from microexp.model import CNNLSTM, VideoMAE, load_videomae_checkpoint, sinusoid_positions
+from microexp.module import MicroExpModule
+from tests.conftest import exported_metadata
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TINY = dict(arch="videomae_tiny", clip_length=4, image_size=32)
+
+
+@pytest.mark.parametrize("arch, published", [("videomae_s", 21.9e6), ("videomae_b", 86.2e6)])
+def test_encoder_sizes_match_the_paper(arch, published):
+    model = VideoMAE(3, arch)
+    assert abs(model.encoder_parameters() - published) / published < 0.01
+    assert model.grid == (8, 14, 14) and model.pos_embed.shape == (1, 1568, model.config.dim)
+
+
+def test_sine_cosine_table_is_the_official_formula():
+    table = sinusoid_positions(5, 6)[0]
+    pos, j = 3, 4
+    assert table[pos, j].item() == pytest.approx(torch.sin(torch.tensor(pos / 10000 ** (2 * (j // 2) / 6))).item())
+    assert table[pos, j + 1].item() == pytest.approx(torch.cos(torch.tensor(pos / 10000 ** (2 * (j // 2) / 6))).item())
+
+
+def test_adapters_start_as_the_identity():
+    torch.manual_seed(0)
+    plain = VideoMAE(3, adapter_ratio=0, drop_path=0, **TINY).eval()
+    adapted = VideoMAE(3, adapter_ratio=0.25, drop_path=0, **TINY).eval()
+    adapted.load_state_dict(plain.state_dict(), strict=False)
+    clips = torch.randn(2, 4, 3, 32, 32)
+    torch.testing.assert_close(adapted(clips), plain(clips))
+    adapter = adapted.blocks[0].adapter
+    assert adapter.down.out_features == 16 and adapter.conv.kernel_size == (3, 1, 1) and adapter.conv.groups == 16
+
+
+def official_layout(model: VideoMAE, pretraining: bool) -> dict:
+    """The model's encoder as an OpenGVLab checkpoint names it (fine-tuned, or pre-training with a decoder)."""
+    encoder = {k: v.clone() for k, v in model.state_dict().items() if ".adapter." not in k and not k.startswith("head.")}
+    if not pretraining:
+        return {"module": {**encoder, "head.weight": torch.zeros(710, 64), "head.bias": torch.zeros(710)}}
+    renamed = {("encoder.norm." + k[8:] if k.startswith("fc_norm.") else "encoder." + k): v for k, v in encoder.items()}
+    return {"model": {**renamed, "decoder.blocks.0.norm1.weight": torch.ones(8), "mask_token": torch.zeros(1, 1, 8),
+                      "encoder_to_decoder.weight": torch.zeros(8, 64)}}
+
+
+@pytest.mark.parametrize("pretraining", [False, True], ids=["finetuned", "pretraining"])
+def test_official_checkpoints_load_with_their_q_and_v_biases(tmp_path, pretraining):
+    torch.manual_seed(1)
+    source = VideoMAE(3, **TINY)
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    layout = official_layout(source, pretraining)
+    keys = next(iter(layout.values()))
+    assert any(k.endswith("attn.q_bias") for k in keys) and any("patch_embed.proj.weight" in k for k in keys)
+    torch.save(layout, tmp_path / "vit_tiny.pth")
+    target = VideoMAE(7, **TINY)
+    report = load_videomae_checkpoint(target, tmp_path / "vit_tiny.pth")
+    assert report.ok and any(k.startswith("head.") or k.startswith("decoder.") for k in report.dropped)
+    for key, value in source.state_dict().items():
+        if ".adapter." not in key and not key.startswith("head."):
+            assert torch.equal(target.state_dict()[key], value), key
+    assert target.head.out_features == 7
+
+
+def test_a_mismatched_checkpoint_names_the_keys(tmp_path):
+    layout = official_layout(VideoMAE(3, **TINY), pretraining=False)
+    del layout["module"]["blocks.1.attn.v_bias"]
+    torch.save(layout, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="blocks.1.attn.v_bias"):
+        load_videomae_checkpoint(VideoMAE(3, **TINY), tmp_path / "broken.pth")
+    torch.save(official_layout(VideoMAE(3, **TINY), pretraining=False), tmp_path / "narrow.pth")
+    with pytest.raises(ValueError, match=r"shape mismatch: .*qkv.weight checkpoint \(192, 64\)"):
+        load_videomae_checkpoint(wider_model(), tmp_path / "narrow.pth")
+
+
+def wider_model() -> VideoMAE:
+    from microexp.model import VIDEOMAE_CONFIGS, VideoMAEConfig
+
+    VIDEOMAE_CONFIGS["videomae_wide_test"] = VideoMAEConfig(96, 2, 2)
+    try:
+        return VideoMAE(3, "videomae_wide_test", 4, 32)
+    finally:
+        del VIDEOMAE_CONFIGS["videomae_wide_test"]
+
+
+def test_frozen_training_updates_only_adapters_norms_and_head():
+    torch.manual_seed(0)
+    module = MicroExpModule(["a", "b", "c"], freeze_backbone=True, augment=False, optimizer="adamw", lr=1e-2,
+                            scheduler="none", **TINY)
+    before = {k: v.detach().clone() for k, v in module.net.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    batch = {"input": torch.randint(0, 255, (4, 4, 3, 32, 32), dtype=torch.uint8), "target": torch.tensor([0, 1, 2, 0])}
+    for _ in range(2):
+        loss = module.compute_loss(module.on_after_batch_transfer(batch, 0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    changed = {k for k, v in module.net.named_parameters() if not torch.equal(v, before[k])}
+    assert changed and all(".adapter." in k or "norm" in k or k.startswith("head.") for k in changed)
+    assert any(".adapter." in k for k in changed) and "head.weight" in changed
+    assert not module.net.blocks[0].attn.qkv.weight.requires_grad
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = VideoMAE(3, drop_path=0, **TINY)
+    saved = VideoMAE(3, drop_path=0, grad_checkpointing=True, **TINY)
+    saved.load_state_dict(plain.state_dict())
+    clips = torch.randn(2, 4, 3, 32, 32)
+    for model in (plain, saved):
+        model.train()
+        model(clips).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), saved.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_export_parity_through_the_module(tmp_path):
+    torch.manual_seed(0)
+    module = MicroExpModule(["negative", "positive", "surprise"], **TINY).eval()
+    path, inputs = export_module(module, tmp_path / "microexp.onnx", samples=2)
+    assert inputs[0].shape == (2, 4, 3, 32, 32)
+    report = verify(path, module.export_wrapper(), inputs, runs=1, logits_wrapper=module.export_wrapper(False))
+    assert report.max_abs_diff["probs"] <= 1e-4 and report.max_rel_diff["probs"] <= 1e-4
+    metadata = exported_metadata(path, "microexp")
+    assert metadata["clip_length"] == "4" and metadata["input_layout"].startswith("NTCHW")
+
+
+def test_cnn_lstm_baseline():
+    model = CNNLSTM(5)
+    logits = model(torch.randn(2, 3, 3, 64, 64))
+    assert logits.shape == (2, 5)
+    assert model.lstm.hidden_size == 128 and model.lstm.num_layers == 2
+    lstm = sum(p.numel() for p in model.lstm.parameters())
+    assert lstm == 4 * 128 * (512 + 128 + 2) + 4 * 128 * (128 + 128 + 2)
