@@ -42,6 +42,17 @@ class TaskDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    @classmethod
+    def dataset_parts(cls, dataset: str) -> list[str]:
+        """The datasets a `--data.dataset` value reads (a composite names several)."""
+        return [name.strip() for name in dataset.split("+") if name.strip()]
+
+    @classmethod
+    def class_of(cls, requested: str, dataset: str, sample) -> tuple[str | None, str | None]:
+        """(class name, None) for a sample of `dataset` read as part of `requested` in its default class scheme,
+        or (None, why it is left out): what `python -m common.inspect` counts."""
+        raise NotImplementedError
+
     def subject_fold(self, subjects: Sequence[str], scheme: str, k: int, val_fraction: float) -> Split:
         """Fold `self.fold` of a subject split; validation subjects come from its training subjects only.
 

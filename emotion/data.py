@@ -27,7 +27,8 @@ from common.data.cache import AlignedFrames, FrameSettings, is_cache, open_sourc
 from common.data.records import Sample, sample_name
 from common.data.sampling import ClassBalancedSampler, stratified_subset
 from common.datamodule import TaskDataModule, per_dataset, subject_ranges
-from emotion.parsers import DATASETS, EMOTION_CLASSES, SPLITS, report_left_out
+from common.data import report_left_out
+from emotion.parsers import DATASETS, EMOTION_CLASSES, SPLITS
 
 FERPLUS_MODES = ("majority", "soft")
 
@@ -166,6 +167,11 @@ class EmotionDataModule(TaskDataModule):
     @property
     def class_names(self) -> list[str]:
         return list(EMOTION_CLASSES[: self.num_classes])
+
+    @classmethod
+    def class_of(cls, requested: str, dataset: str, sample: Sample) -> tuple[str | None, str | None]:
+        target = sample_target(sample, len(EMOTION_CLASSES), "majority")
+        return (None, target) if isinstance(target, str) else (EMOTION_CLASSES[target[0]], None)
 
     @property
     def frame_settings(self) -> FrameSettings:

@@ -29,9 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info
 
-from common.data import DATASETS, register_dataset
+from common.data import DATASETS, register_dataset, report_left_out
 from common.data.readers import FrameSource, ReadError, register_reader
 from common.data.records import Interval, Sample
 from common.data.sheets import AnnotationError, MissingImageError, csv_rows, find_file, integer, number, row_error
@@ -57,12 +56,6 @@ AFFECTNET_NPY_FOLDERS = {"train": "train_set", "test": "val_set"}
 AFFECTNET_TO_SHARED = code_map("affectnet")
 AFFECTNET_DROPPED = left_out_codes("affectnet")
 FER_PIXELS_KIND = "fer2013_pixels"
-
-
-def report_left_out(dataset: str, where: Path, counts: Counter) -> None:
-    if counts:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-        rank_zero_info(f"{dataset}: {where}: left out {sum(counts.values())} samples ({reasons})")
 
 
 def existing_image(path: Path, sheet: Path, line: int | None) -> Path:

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from common.data import DATASETS
+from common.data import DATASETS, report_left_out
 from common.data.align import AlignSettings, preprocessing_record
 from common.data.cache import AlignedFrames, FrameSettings, open_source, source_root
 from common.data.clips import clip_positions, gather_clip
@@ -166,6 +166,19 @@ class MicroExpDataModule(TaskDataModule):
     def class_names(self) -> list[str]:
         return class_names(self.scheme)
 
+    @classmethod
+    def dataset_parts(cls, dataset: str) -> list[str]:
+        return [part for name in dataset_names(dataset) for part in COMPOSITES.get(name, (name,))]
+
+    @classmethod
+    def class_of(cls, requested: str, dataset: str, sample: Sample) -> tuple[str | None, str | None]:
+        names = dataset_names(requested)
+        scheme = DEFAULT_SCHEMES[names[0]] if len(names) == 1 else JOINT_SCHEME
+        label = word_map(scheme, dataset).get(str(sample.labels.get("emotion", "")).lower())
+        if label is None:
+            return None, f"emotion {sample.labels.get('emotion')!r} not in {scheme}"
+        return class_names(scheme)[label], None
+
     @property
     def frame_settings(self) -> FrameSettings:
         return FrameSettings(AlignSettings(size=self.image_size, margin=self.margin), span="interval")
@@ -229,9 +242,7 @@ class MicroExpDataModule(TaskDataModule):
                 left_out[f"emotion {sample.labels.get('emotion')!r} not in {self.scheme}"] += 1
             else:
                 kept.append((i, label))
-        if left_out:
-            rank_zero_info(f"{name}: left out {sum(left_out.values())} clips "
-                           f"({', '.join(f'{n} {why}' for why, n in sorted(left_out.items()))})")
+        report_left_out(name, source, left_out)
         root = source_root(frames, source)
         return {"frames": frames, "rows": kept,
                 "subjects": [f"{name}/{frames.samples[i].subject}" for i, _ in kept],

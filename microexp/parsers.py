@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_info
 
-from common.data import register_dataset
+from common.data import register_dataset, report_left_out
 from common.data.readers import list_frames
 from common.data.records import Interval, Sample
 from common.data.sheets import MissingImageError, excel_rows, sheet_error
@@ -39,12 +38,6 @@ CASME3_COLUMNS = ("Subject", "Filename", "Onset", "Apex", "Offset", "emotion")
 CASME3_SHEETS = ("annotation/casme3_partA_ME_label_JpgIndex_v2.xlsx", "casme3_partA_ME_label_JpgIndex_v2.xlsx")
 SMIC_CLASSES = ("negative", "positive", "surprise")
 FPS = {"casme2": 200.0, "samm": 200.0, "smic": 100.0, "casme3": 30.0}
-
-
-def report_left_out(dataset: str, where: Path, counts: Counter) -> None:
-    if counts:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-        rank_zero_info(f"{dataset}: {where}: left out {sum(counts.values())} rows ({reasons})")
 
 
 def one_sheet(root: Path, pattern: str, what: str) -> Path:

@@ -53,3 +53,20 @@ def run_train(*args: str, env: dict | None = None, timeout: int = 300) -> subpro
     full_env = {key: value for key, value in full_env.items() if value is not None}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def megc(tmp_path_factory):
+    """Trees of CASME II, SAMM and SMIC-HS holding exactly the clips of the official MEGC2019 composite list."""
+    from common.synth.formats import real_annotations
+    from common.synth.formats.microexp import write_megc2019
+
+    annotations = real_annotations()
+    if annotations is None:
+        pytest.skip("public annotation sheets not found")
+    gt = annotations / "megc2019_combined_3class_gt.csv"
+    return write_megc2019(tmp_path_factory.mktemp("megc2019"), gt), gt
+
+
+def megc_roots(written) -> dict[str, str]:
+    return {db: str(written.root / db) for db in ("casme2", "samm", "smic")}

@@ -11,9 +11,9 @@ import pytest
 from common.data import load_samples
 from common.data.sheets import AnnotationError, MissingImageError
 from common.synth.formats import real_annotations, write_xlsx
-from common.synth.formats.microexp import (CASME2_SHEET, write_casme2, write_casme3, write_megc2019, write_samm,
-                                           write_smic)
+from common.synth.formats.microexp import CASME2_SHEET, write_casme2, write_casme3, write_samm, write_smic
 from microexp.data import MicroExpDataModule
+from tests.conftest import megc_roots
 
 ANNOTATIONS = real_annotations()
 needs_real_sheets = pytest.mark.skipif(ANNOTATIONS is None, reason="public annotation sheets not found")
@@ -29,18 +29,6 @@ WRITERS = {
 def trees(tmp_path_factory):
     base = tmp_path_factory.mktemp("microexp")
     return {name: write(base / name) for name, write in WRITERS.items()}
-
-
-@pytest.fixture(scope="module")
-def megc(tmp_path_factory):
-    if ANNOTATIONS is None:
-        pytest.skip("public annotation sheets not found")
-    gt = ANNOTATIONS / "megc2019_combined_3class_gt.csv"
-    return write_megc2019(tmp_path_factory.mktemp("megc2019"), gt), gt
-
-
-def megc_roots(written) -> dict[str, str]:
-    return {db: str(written.root / db) for db in ("casme2", "samm", "smic")}
 
 
 @pytest.mark.parametrize("name", list(WRITERS))

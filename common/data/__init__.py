@@ -12,16 +12,20 @@ samples for two tasks (CAS(ME)³ clips for `microexp`, its long videos for `spot
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from common.data.records import Interval, Sample, sample_key
 
 DatasetParser = Callable[[Path], "list[Sample]"]
 DATASETS: dict[str, DatasetParser] = {}
 
-__all__ = ["DATASETS", "Interval", "Sample", "dataset_parser", "load_samples", "register_dataset", "sample_key"]
+__all__ = ["DATASETS", "Interval", "Sample", "collect_left_out", "dataset_parser", "load_samples", "register_dataset",
+           "report_left_out", "sample_key"]
+_COLLECTORS: list[dict[str, Counter]] = []
 
 
 def register_dataset(name: str, task: str | None = None):
@@ -57,3 +61,26 @@ def load_samples(dataset: str, root: Path | str, task: str | None = None) -> lis
     if not root.exists():
         raise FileNotFoundError(f"{root}: dataset root of {dataset!r} not found")
     return list(dataset_parser(dataset, task)(root))
+
+
+def report_left_out(dataset: str, where: Path | str, counts: Counter) -> None:
+    """Log the samples a rule left out (never silently), and count them for `collect_left_out`."""
+    if not counts:
+        return
+    from lightning.pytorch.utilities import rank_zero_info
+
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+    rank_zero_info(f"{dataset}: {where}: left out {sum(counts.values())} samples ({reasons})")
+    for collector in _COLLECTORS:
+        collector.setdefault(dataset, Counter()).update(counts)
+
+
+@contextlib.contextmanager
+def collect_left_out() -> Iterator[dict[str, Counter]]:
+    """What parsers and data modules leave out while the block runs: {dataset: Counter(reason -> count)}."""
+    collected: dict[str, Counter] = {}
+    _COLLECTORS.append(collected)
+    try:
+        yield collected
+    finally:
+        _COLLECTORS.remove(collected)
