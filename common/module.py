@@ -230,9 +230,13 @@ class ClassificationModule(TaskModule):
         """Normalised input -> logits, or a dict holding `logits` (and whatever `extra_loss` needs)."""
         return self.net(x)
 
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network reads: normalised pixels (a network on precomputed features overrides this)."""
+        return self.normalize(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float RGB in [0, 1] (NCHW images or NTCHW clips) -> logits."""
-        return logits_of(self.network(self.normalize(x)))
+        return logits_of(self.network(self.prepare_input(x)))
 
     def extra_loss(self, output, target: torch.Tensor) -> torch.Tensor | float:
         """Auxiliary training terms of an architecture (none by default)."""
@@ -259,7 +263,7 @@ class ClassificationModule(TaskModule):
         return F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        output = self.network(self.normalize(batch["input"]))
+        output = self.network(self.prepare_input(batch["input"]))
         loss = self.classification_loss(logits_of(output), batch["target"])
         return loss + self.extra_loss(output, batch["target"])
 

@@ -8,6 +8,7 @@ from the held-out ones; `val_fraction 0` trains for a fixed epoch budget with no
 """
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from common.data import DATASETS, report_left_out
 from common.data.align import AlignSettings, preprocessing_record
@@ -25,6 +26,7 @@ from common.data.clips import clip_positions, gather_clip
 from common.data.records import Interval, Sample, sample_name
 from common.datamodule import TaskDataModule, per_dataset
 from common.labels import class_names, word_map
+from microexp.flow import FLOW_METHODS, FlowFeatureCache, roi_flow_features
 from microexp.parsers import FPS
 
 COMPOSITES = {"megc2019": ("casme2", "samm", "smic")}
@@ -32,6 +34,8 @@ DEFAULT_SCHEMES = {"casme2": "casme2_5", "samm": "samm_5", "smic": "smic_3", "ca
                    "megc2019": "megc2019", "synthetic": "megc2019"}
 JOINT_SCHEME = "megc2019"
 SAMPLINGS = ("uniform", "apex")
+INPUTS = ("clips", "roi_flow")
+FEATURE_CACHE = Path(".cache") / "flow"
 # the synthetic generator's emotion (EMOTIONS order) for each class of the megc2019 scheme
 SYNTHETIC_EMOTIONS = {"negative": (2, 4, 5, 6), "positive": (1,), "surprise": (3,)}
 
@@ -53,13 +57,16 @@ class MicroClips(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def identity(self, i: int) -> dict:
+        return {"target": self.labels[i], "dataset": self.frames.samples[self.indices[i]].dataset,
+                "subject": self.subjects[i], "sample": self.names[i]}
+
     def __getitem__(self, i: int) -> dict:
         index = self.indices[i]
         sample = self.frames.samples[index]
         rng = np.random.default_rng(int(torch.randint(2 ** 31, ()))) if self.train and self.sampling == "uniform" else None
         clip = self.frames.clip(index, clip_positions(sample.interval, self.length, self.sampling, rng=rng))
-        return {"input": clip_tensor(clip, self.size), "target": self.labels[i], "dataset": sample.dataset,
-                "subject": self.subjects[i], "sample": self.names[i]}
+        return {"input": clip_tensor(clip, self.size), **self.identity(i)}
 
 
 def clip_tensor(frames: np.ndarray, size: int) -> torch.Tensor:
@@ -68,6 +75,18 @@ def clip_tensor(frames: np.ndarray, size: int) -> torch.Tensor:
         method = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
         frames = np.stack([cv2.resize(f, (size, size), interpolation=method) for f in frames])
     return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+
+
+class JointClips(ConcatDataset):
+    """Clips of several datasets in one; `identity` and `labels` as each part gives them."""
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for part in self.datasets for label in part.labels]
+
+    def identity(self, i: int) -> dict:
+        part = bisect.bisect_right(self.cumulative_sizes, i)
+        return self.datasets[part].identity(i - (self.cumulative_sizes[part - 1] if part else 0))
 
 
 class SyntheticMicroClips(Dataset):
@@ -87,6 +106,11 @@ class SyntheticMicroClips(Dataset):
     def __len__(self) -> int:
         return len(self.subjects) * self.per_subject
 
+    def identity(self, i: int) -> dict:
+        subject = self.subjects[i // self.per_subject]
+        return {"target": i % len(self.classes), "dataset": "synthetic", "subject": f"synthetic/{subject}",
+                "sample": f"{subject}/{i % self.per_subject}"}
+
     def __getitem__(self, i: int) -> dict:
         from common.synth import expression_clip
 
@@ -96,8 +120,29 @@ class SyntheticMicroClips(Dataset):
                                n_frames=self.length + 8, size=self.size, emotion=choices[(i // 3) % len(choices)])
         positions = clip_positions(Interval(clip.onset, clip.apex, clip.offset), self.length, self.sampling)
         frames = gather_clip(lambda p: clip.frames[p], positions, np.arange(len(clip.frames)))
-        return {"input": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), "target": label,
-                "dataset": "synthetic", "subject": f"synthetic/{subject}", "sample": f"{subject}/{i % self.per_subject}"}
+        return {"input": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), **self.identity(i)}
+
+
+class FlowFeatures(Dataset):
+    """Items of a clip dataset with `input` replaced by its 7-region optical-flow features, float32 [T, 14],
+    computed once per clip and cached (microexp/flow.py)."""
+
+    def __init__(self, clips: Dataset, cache: FlowFeatureCache, method: str, margin: float):
+        self.clips, self.cache, self.method, self.margin = clips, cache, method, margin
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def labels(self) -> list[int]:
+        return self.clips.labels
+
+    def __getitem__(self, i: int) -> dict:
+        identity = self.clips.identity(i)
+        compute = lambda: roi_flow_features(self.clips[i]["input"].permute(0, 2, 3, 1).numpy(), self.method,
+                                            self.margin)
+        features = self.cache.get(f"{identity['dataset']}:{identity['sample']}", compute)
+        return {"input": torch.from_numpy(features), **identity}
 
 
 # ---------------------------------------------------------------- the data module
@@ -123,14 +168,21 @@ class MicroExpDataModule(TaskDataModule):
         val_fraction: share of each fold's training subjects that validates (0: no validation).
         subjects: synthetic identities (train, val, test) without a fold, or all of them for a fold split.
         per_subject: synthetic clips per identity.
+        inputs: `clips` (uint8 frames), or `roi_flow`: 7-region optical-flow features [T, 14] for the
+            ROI-Transformer baseline, with `flow_method` dis or farneback, computed once and kept in
+            `feature_cache` (default .cache/flow/<dataset>).
     """
 
     def __init__(self, dataset: str | list[str] = "synthetic", root: str | list[str] | dict[str, str] | None = None,
                  cache: str | list[str | None] | dict[str, str] | None = None, scheme: str | None = None,
                  clip_length: int = 16, sampling: str = "uniform", image_size: int = 224, margin: float = 0.15,
                  fold: int | None = None, fold_scheme: str = "loso", num_folds: int = 5, val_fraction: float = 0.15,
-                 subjects: tuple[int, ...] = (16, 4, 4), per_subject: int = 9, **loader):
+                 subjects: tuple[int, ...] = (16, 4, 4), per_subject: int = 9, inputs: str = "clips",
+                 flow_method: str = "dis", feature_cache: str | None = None, **loader):
         super().__init__(**loader)
+        if inputs not in INPUTS or flow_method not in FLOW_METHODS:
+            raise ValueError(f"--data.inputs must be one of {INPUTS} and --data.flow_method one of {FLOW_METHODS}, "
+                             f"got {inputs!r} and {flow_method!r}")
         if sampling not in SAMPLINGS:
             raise ValueError(f"--data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if not 0 <= val_fraction < 1:
@@ -149,6 +201,8 @@ class MicroExpDataModule(TaskDataModule):
         self.clip_length, self.sampling, self.image_size, self.margin = clip_length, sampling, image_size, margin
         self.fold, self.fold_scheme, self.num_folds, self.val_fraction = fold, fold_scheme, num_folds, val_fraction
         self.subjects, self.per_subject = tuple(subjects), per_subject
+        self.inputs, self.flow_method = inputs, flow_method
+        self.feature_cache = Path(feature_cache) if feature_cache else FEATURE_CACHE / self.dataset_name
         self.train_set = self.val_set = self.test_set = None
 
     def resolve_sources(self, root, cache) -> list[Path | None]:
@@ -203,6 +257,12 @@ class MicroExpDataModule(TaskDataModule):
             self._setup_synthetic()
         else:
             self._setup_real()
+        if self.inputs == "roi_flow":
+            cache = FlowFeatureCache(self.feature_cache, {"method": self.flow_method, "length": self.clip_length,
+                                                          "sampling": self.sampling, "size": self.image_size,
+                                                          "margin": self.margin, "seed": self.seed})
+            wrap = lambda part: None if part is None else FlowFeatures(part, cache, self.flow_method, self.margin)
+            self.train_set, self.val_set, self.test_set = map(wrap, (self.train_set, self.val_set, self.test_set))
 
     def _setup_synthetic(self) -> None:
         if self.fold is None:
@@ -227,7 +287,7 @@ class MicroExpDataModule(TaskDataModule):
         split = self.subject_fold(subjects, self.fold_scheme, self.num_folds, self.val_fraction)
         rank_zero_info(f"{self.dataset_name} fold {self.fold}: test subjects {split.test_subjects}, "
                        f"{len(split.val_subjects)} validation and {len(split.train_subjects)} training subjects")
-        self.train_set = self.clips(parts, split.train, train=True)
+        self.train_set = self.clips(parts, split.train, train=self.inputs == "clips")
         self.val_set = self.clips(parts, split.val, train=False) if split.val else None
         self.test_set = self.clips(parts, split.test, train=False)
 
@@ -250,8 +310,6 @@ class MicroExpDataModule(TaskDataModule):
 
     def clips(self, parts: list[dict], chosen: Sequence[int], train: bool) -> Dataset:
         """The chosen positions of the joint sample list, as one dataset per source joined together."""
-        from torch.utils.data import ConcatDataset
-
         sets, offset, chosen = [], 0, set(chosen)
         for part in parts:
             mine = [k for k in range(len(part["rows"])) if offset + k in chosen]
@@ -261,7 +319,7 @@ class MicroExpDataModule(TaskDataModule):
                                        [part["rows"][k][1] for k in mine], [part["names"][k] for k in mine],
                                        [part["subjects"][k] for k in mine], self.clip_length, self.sampling,
                                        self.image_size, train))
-        return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+        return sets[0] if len(sets) == 1 else JointClips(sets)
 
     # --- loaders ---
     def train_dataloader(self):

@@ -1,5 +1,5 @@
-"""Micro-expression architectures by name: VideoMAE V2 with temporal adapters, and the CNN+LSTM baseline of the
-toolkit this project replaces.
+"""Micro-expression architectures by name: VideoMAE V2 with temporal adapters, and the two baselines of the
+toolkit this project replaces (CNN+LSTM on frames, ROI-Transformer on optical-flow features).
 
 VideoMAE V2 (Wang et al., 2023) is a plain ViT over 2x16x16 tubelets (16 x 224 x 224 clips -> 8 x 14 x 14 tokens)
 with fixed sine-cosine positions, q/v biases (no k bias), mean pooling and a LayerNorm before the head. The
@@ -209,7 +209,33 @@ class CNNLSTM(nn.Module):
         return self.head(output[:, -1])
 
 
-ARCHS = (*VIDEOMAE_CONFIGS, "cnn_lstm")
+class ROITransformer(nn.Module):
+    """The toolkit's ROI-Transformer on 7-region optical flow: [N, T, 14] -> a linear projection to 64, a class
+    token and learned positions, three pre-LN Transformer layers (4 heads), the class token through an MLP head."""
+
+    def __init__(self, num_classes: int, features: int = 14, length: int = 16, dim: int = 64, depth: int = 3,
+                 heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.project = nn.Linear(features, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, length + 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, dim, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, num_classes))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.project(features)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed[:, : x.shape[1] + 1]
+        return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+ARCHS = (*VIDEOMAE_CONFIGS, "cnn_lstm", "roi_transformer")
+FEATURE_ARCHS = ("roi_transformer",)  # networks that read optical-flow features, not clips
 
 
 def build(arch: str, num_classes: int, clip_length: int = 16, image_size: int = 224, **kwargs) -> nn.Module:
@@ -218,6 +244,8 @@ def build(arch: str, num_classes: int, clip_length: int = 16, image_size: int = 
         return VideoMAE(num_classes, arch, clip_length, image_size, **kwargs)
     if arch == "cnn_lstm":
         return CNNLSTM(num_classes, **kwargs)
+    if arch == "roi_transformer":
+        return ROITransformer(num_classes, length=clip_length, **kwargs)
     raise ValueError(f"--model.arch {arch!r} is not a micro-expression architecture: use one of {list(ARCHS)}")
 
 
@@ -225,6 +253,8 @@ def load_weights(model: nn.Module, arch: str, path: str | None, allow_pickle: bo
     """A local pretrained file: a VideoMAE V2 checkpoint, or timm weights for the CNN+LSTM's ResNet-18."""
     if not path:
         return
+    if arch in FEATURE_ARCHS:
+        raise ValueError(f"--model.pretrained: {arch} has no pretrained weights; it trains from scratch")
     if not Path(path).is_file():
         raise FileNotFoundError(f"--model.pretrained: weights file not found: {path} (to start from random "
                                 f"weights instead, pass --model.pretrained null)")

@@ -8,7 +8,7 @@ import torch
 
 from common.module import ClassificationModule
 from microexp.contract import CONTRACT
-from microexp.model import build, load_weights
+from microexp.model import FEATURE_ARCHS, build, load_weights
 
 # Clips change little frame to frame and micro-expressions are small: a crop and a flip, no colour jitter
 # (which would differ in strength from what the face does), no erasing of the moving region.
@@ -19,8 +19,9 @@ class MicroExpModule(ClassificationModule):
     """Micro-expression classifier.
 
     Args:
-        arch: videomae_s, videomae_b (VideoMAE V2 + temporal adapters), videomae_tiny, or cnn_lstm (the
-            toolkit's baseline).
+        arch: videomae_s, videomae_b (VideoMAE V2 + temporal adapters), videomae_tiny, or the toolkit's
+            baselines: cnn_lstm (frames) and roi_transformer (7-region optical flow: `--data.inputs roi_flow`;
+            a baseline to measure against, not exported).
         class_names, image_size, clip_length, preprocessing: linked from the data module.
         pretrained: a local VideoMAE V2 checkpoint (e.g. vit_s_k710_dl_from_giant.pth), or timm ResNet-18
             weights for cnn_lstm; read when a run starts from scratch, never when a checkpoint is restored.
@@ -43,12 +44,36 @@ class MicroExpModule(ClassificationModule):
         self.save_hyperparameters()
         self.arch, self.clip_length = arch, clip_length
         options = dict(adapter_ratio=adapter_ratio, freeze_backbone=freeze_backbone, drop_path=drop_path,
-                       head_dropout=head_dropout, grad_checkpointing=grad_checkpointing) if arch != "cnn_lstm" else {}
+                       head_dropout=head_dropout, grad_checkpointing=grad_checkpointing) if arch.startswith("videomae") else {}
         self.net = build(arch, len(class_names), clip_length, image_size, **options)
+        self.reads_features = arch in FEATURE_ARCHS
+        if self.reads_features:
+            self.augmenter = self.mixer = None  # flow features are neither images nor mixable as pixels
 
     @property
     def arch_name(self) -> str:
         return self.arch
+
+    def setup(self, stage: str) -> None:
+        inputs = getattr(getattr(self.trainer, "datamodule", None), "inputs", None)
+        wanted = "roi_flow" if self.reads_features else "clips"
+        if inputs is not None and inputs != wanted:
+            raise ValueError(f"--model.arch {self.arch} reads {wanted}, but --data.inputs is {inputs!r}; "
+                             f"pass --data.inputs {wanted}")
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.reads_features else self.normalize(x)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.reads_features:
+            return {**batch, "input": batch["input"].float()}
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def export_wrapper(self, activation: bool = True):
+        if self.reads_features:
+            raise ValueError(f"{self.arch} reads optical-flow features computed outside the network; it is a "
+                             f"baseline to measure against and has no ONNX export")
+        return super().export_wrapper(activation)
 
     def load_initial_weights(self) -> None:
         load_weights(self.net, self.arch, self.hparams.pretrained, self.hparams.allow_pickle)

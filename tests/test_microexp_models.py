@@ -2,6 +2,7 @@
 checkpointing, export; the CNN+LSTM baseline."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,3 +139,62 @@ def test_cnn_lstm_baseline():
     assert model.lstm.hidden_size == 128 and model.lstm.num_layers == 2
     lstm = sum(p.numel() for p in model.lstm.parameters())
     assert lstm == 4 * 128 * (512 + 128 + 2) + 4 * 128 * (128 + 128 + 2)
+
+
+# ---------------------------------------------------------------- the optical-flow baseline
+
+
+def test_regions_sit_on_the_aligned_face():
+    from microexp.flow import REGIONS, region_boxes
+
+    boxes = region_boxes(224, 0.15)
+    assert len(boxes) == len(REGIONS) and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert boxes.min() >= 0 and boxes.max() <= 224
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    brows, cheeks, mouth = centre_y[:3], centre_y[3:5], centre_y[5:]
+    assert brows.max() < cheeks.min() < mouth.min(), "brows above cheeks above mouth corners"
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    assert centre_x[0] < centre_x[2] < centre_x[1] and centre_x[5] < centre_x[6]
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_flow_features_measure_motion_per_region(method):
+    import cv2
+    from skimage import data as images
+
+    from microexp.flow import roi_flow_features
+
+    face = cv2.resize(images.astronaut(), (96, 96), interpolation=cv2.INTER_AREA)
+    moved = np.roll(face, 2, axis=1)  # the whole face 2 px to the right
+    features = roi_flow_features(np.stack([face, face, moved]), method)
+    assert features.shape == (3, 14) and np.abs(features[:2]).max() < 1e-3
+    dx, dy = features[2, 0::2] * 96, features[2, 1::2] * 96
+    assert np.median(dx) == pytest.approx(2, abs=0.6) and np.abs(np.median(dy)) < 0.5
+
+
+def test_flow_features_are_computed_once(tmp_path):
+    from microexp.flow import FlowFeatureCache
+
+    cache = FlowFeatureCache(tmp_path, {"method": "dis"})
+    first = cache.get("casme2:sub01/EP02", lambda: np.ones((4, 14), np.float32))
+    again = cache.get("casme2:sub01/EP02", lambda: pytest.fail("computed twice"))
+    assert np.array_equal(first, again)
+    other = FlowFeatureCache(tmp_path, {"method": "farneback"})
+    assert other.path("casme2:sub01/EP02") != cache.path("casme2:sub01/EP02")
+
+
+def test_roi_transformer_and_its_input_check(tmp_path):
+    from common.cli import main
+    from microexp.model import ROITransformer
+
+    assert ROITransformer(4)(torch.randn(2, 16, 14)).shape == (2, 4)
+    args = ["--task", "microexp", "fit", "--model.arch", "roi_transformer", "--data.image_size", "48",
+            "--data.clip_length", "4", "--data.subjects", "[2, 1, 1]", "--data.per_subject", "3",
+            "--data.batch_size", "3", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--run.root", str(tmp_path),
+            "--run.wandb", "false", "--data.feature_cache", str(tmp_path / "flow")]
+    cli = main([*args, "--data.inputs", "roi_flow"])
+    # training and validation clips get their features; the held-out subject's are not computed by `fit`
+    assert cli.trainer.global_step == 2 and len(list((tmp_path / "flow").glob("*.npy"))) == 6 + 3
+    with pytest.raises(SystemExit):
+        main(args)  # clips given to a network of flow features: a one-line error naming --data.inputs

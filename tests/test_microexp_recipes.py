@@ -13,7 +13,7 @@ CONFIGS = REPO / "configs" / "microexp"
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "synthetic")
 WRITERS = {"casme2": write_casme2, "samm": write_samm, "smic": write_smic, "casme3": write_casme3}
 TINY = ["--data.image_size", "32", "--data.clip_length", "4", "--data.batch_size", "2", "--data.num_workers", "0",
-        "--model.pretrained", "null", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--run.wandb", "false"]
 
@@ -44,9 +44,12 @@ def test_recipe_fits_a_fold_on_its_datasets_in_their_real_format(name, trees, tm
     parts = [p for d in datasets for p in (("casme2", "samm", "smic") if d == "megc2019" else (d,))]
     root = str(trees[parts[0]]) if len(parts) == 1 else yaml.safe_dump({p: str(trees[p]) for p in parts},
                                                                         default_flow_style=True).strip()
-    tiny_arch = [] if recipe(name)["model"]["init_args"]["arch"] == "cnn_lstm" else ["--model.arch", "videomae_tiny"]
+    arch = recipe(name)["model"]["init_args"]["arch"]
+    tiny_arch = ["--model.arch", "videomae_tiny"] if arch.startswith("videomae") else []
+    tiny_arch += [] if arch == "roi_transformer" else ["--model.pretrained", "null"]
+    cache = ["--data.feature_cache", str(tmp_path / "flow")] if arch == "roi_transformer" else []
     cli = train_main(["--task", "microexp", "fit", "--config", str(CONFIGS / f"{name}.yaml"), *TINY, *tiny_arch,
-                      "--data.root", root, "--run.root", str(tmp_path)])
+                      *cache, "--data.root", root, "--run.root", str(tmp_path)])
     assert cli.trainer.global_step == 1
     assert cli.datamodule.scheme == data_args["scheme"] and cli.model.class_names == cli.datamodule.class_names
     assert cli.datamodule.fold == 0 and cli.datamodule.datasets == parts
