@@ -200,12 +200,16 @@ class ClassificationModule(TaskModule):
         label_smoothing: for hard targets (Mixup/CutMix targets carry their own).
         class_weights: one loss weight per class.
         preprocessing: how inputs were cropped (linked from the data module; exported as model metadata).
+        class_groups: one head per dataset of a joint set, `{dataset: [start, end]}` slices of the classes
+            (linked from the data module): each sample's softmax, loss, metrics and predictions stay within its
+            dataset's slice. None: one shared label space.
     """
 
     def __init__(self, class_names: Sequence[str], image_size: int = 224, augment: AugmentSpec = True,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
                  label_smoothing: float = 0.0, class_weights: list[float] | None = None,
-                 preprocessing: dict[str, Any] | None = None, **optim):
+                 preprocessing: dict[str, Any] | None = None, class_groups: dict[str, list[int]] | None = None,
+                 **optim):
         super().__init__(**optim)
         self.class_names = list(class_names)
         self.image_size = image_size
@@ -218,6 +222,10 @@ class ClassificationModule(TaskModule):
         self.normalize = Normalize()
         self.augmenter = build_augmentation(image_size, augment)
         self.mixer = make_mixer(mixup_alpha, cutmix_alpha, mix_prob, label_smoothing, self.num_classes)
+        self.class_groups = {name: tuple(span) for name, span in (class_groups or {}).items()}
+        if self.class_groups and self.mixer is not None:
+            raise ValueError("Mixup/CutMix would mix samples of datasets with heads of their own: with one head per "
+                             "dataset set --model.mixup_alpha 0 --model.cutmix_alpha 0")
         self.metrics = nn.ModuleDict({stage: classification_metrics(self.num_classes) for stage in ("val", "test")})
         self.predictions = PredictionWriter(self.class_names)
 
@@ -254,17 +262,41 @@ class ClassificationModule(TaskModule):
         batch["input"] = x
         return batch
 
-    def classification_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Hard labels get label smoothing; soft (Mixup/CutMix, vote) targets already carry it."""
+    def within_groups(self, logits: torch.Tensor, datasets: Sequence[str] | None) -> torch.Tensor:
+        """With one head per dataset, each sample's logits outside its dataset's slice become -inf."""
+        if not self.class_groups or datasets is None:
+            return logits
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        for i, name in enumerate(datasets):
+            start, end = self.class_groups[name]
+            keep[i, start:end] = True
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def classification_loss(self, logits: torch.Tensor, target: torch.Tensor,
+                            datasets: Sequence[str] | None = None) -> torch.Tensor:
+        """Hard labels get label smoothing; soft (Mixup/CutMix, vote) targets already carry it. With one head
+        per dataset, each dataset's samples are scored within its own slice of the classes."""
+        if self.class_groups and datasets is not None:
+            return self.grouped_loss(logits, target, datasets)
         if target.ndim == 2:
             log_probs = F.log_softmax(logits.float(), dim=-1)
             weights = self.class_weights if self.class_weights is not None else 1.0
             return -(target * weights * log_probs).sum(-1).mean()
         return F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
+    def grouped_loss(self, logits: torch.Tensor, target: torch.Tensor, datasets: Sequence[str]) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for name, (start, end) in self.class_groups.items():
+            rows = [i for i, d in enumerate(datasets) if d == name]
+            if rows:
+                weight = None if self.class_weights is None else self.class_weights[start:end]
+                total = total + len(rows) * F.cross_entropy(logits[rows, start:end].float(), target[rows] - start,
+                                                            weight=weight, label_smoothing=self.label_smoothing)
+        return total / len(datasets)
+
     def compute_loss(self, batch: dict) -> torch.Tensor:
         output = self.network(self.prepare_input(batch["input"]))
-        loss = self.classification_loss(logits_of(output), batch["target"])
+        loss = self.classification_loss(logits_of(output), batch["target"], batch.get("dataset"))
         return loss + self.extra_loss(output, batch["target"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -274,14 +306,15 @@ class ClassificationModule(TaskModule):
         self._evaluate("test", batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        probs = self(batch["input"]).float().softmax(-1)
+        probs = self.within_groups(self(batch["input"]).float(), batch.get("dataset")).softmax(-1)
         self.predictions.add(batch, probs)
         return probs
 
     def _evaluate(self, stage: str, batch: dict) -> None:
-        logits = self(batch["input"])
+        logits = self.within_groups(self(batch["input"]), batch.get("dataset"))
         target = batch["target"]
-        self.log(f"{stage}/loss", self.classification_loss(logits, target), sync_dist=True, batch_size=len(logits))
+        loss = self.classification_loss(logits, target, batch.get("dataset"))
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(logits))
         self.metrics[stage].update(logits.float(), target)
         if stage == "test":
             self.predictions.add(batch, logits.float().softmax(-1))
@@ -315,9 +348,11 @@ class ClassificationModule(TaskModule):
 
     def export_metadata(self) -> dict[str, str]:
         size = [self.image_size, self.image_size]
+        groups = {"class_groups": json.dumps({k: list(v) for k, v in self.class_groups.items()})} if self.class_groups else {}
+        activation = ("softmax over all classes: take a dataset's slice (class_groups) and renormalise it"
+                      if self.class_groups else "softmax: the outputs are class probabilities")
         return {**super().export_metadata(), "classes": json.dumps(self.class_names), "input_size": json.dumps(size),
-                "output_activation": "softmax: the outputs are class probabilities",
-                **preprocessing_metadata(self.preprocessing)}
+                "output_activation": activation, **groups, **preprocessing_metadata(self.preprocessing)}
 
 
 def logits_of(output) -> torch.Tensor:

@@ -47,7 +47,8 @@ TASKS: dict[str, TaskSpec] = {
                  "emotion/synthetic.yaml", links=CLASSIFICATION_LINKS),
         TaskSpec("microexp", "microexp.module.MicroExpModule", "microexp.data.MicroExpDataModule",
                  "microexp.contract.CONTRACT", "microexp/synthetic.yaml",
-                 links=CLASSIFICATION_LINKS + (("data.clip_length", "model.init_args.clip_length"),)),
+                 links=CLASSIFICATION_LINKS + (("data.clip_length", "model.init_args.clip_length"),
+                                               ("data.class_groups", "model.init_args.class_groups"))),
     )
 }
 

@@ -35,6 +35,7 @@ DEFAULT_SCHEMES = {"casme2": "casme2_5", "samm": "samm_5", "smic": "smic_3", "ca
 JOINT_SCHEME = "megc2019"
 SAMPLINGS = ("uniform", "apex")
 INPUTS = ("clips", "roi_flow")
+HEADS = ("shared", "per_dataset")
 FEATURE_CACHE = Path(".cache") / "flow"
 # the synthetic generator's emotion (EMOTIONS order) for each class of the megc2019 scheme
 SYNTHETIC_EMOTIONS = {"negative": (2, 4, 5, 6), "positive": (1,), "surprise": (3,)}
@@ -109,7 +110,7 @@ class SyntheticMicroClips(Dataset):
     def identity(self, i: int) -> dict:
         subject = self.subjects[i // self.per_subject]
         return {"target": i % len(self.classes), "dataset": "synthetic", "subject": f"synthetic/{subject}",
-                "sample": f"{subject}/{i % self.per_subject}"}
+                "sample": f"{subject}/{i % self.per_subject}@{self.seed}"}
 
     def __getitem__(self, i: int) -> dict:
         from common.synth import expression_clip
@@ -160,7 +161,10 @@ class MicroExpDataModule(TaskDataModule):
         cache: caches made by `python -m common.prepare --task microexp`, given like `root`.
         scheme: class scheme of common/labels.yaml (casme2_5, casme2_7, samm_5, smic_3, casme3_3/4/7, megc4,
             megc2019); default: the dataset's usual one, megc2019 for joint sets and the composite. Samples whose
-            emotion the scheme does not name are left out (and counted).
+            emotion the scheme does not name are left out (and counted). With `heads: per_dataset`, a mapping
+            `{dataset: scheme}` (default: each dataset's usual scheme).
+        heads: `shared` (one label space for all datasets) or `per_dataset` (one head per dataset: classes are
+            named `<dataset>:<class>` and each sample is scored within its dataset's classes).
         clip_length: frames per clip (16 for VideoMAE). sampling: `uniform` from onset to offset, or `apex`.
         image_size: side of the aligned face crops. margin: context around the aligned face.
         fold: the held-out fold of `fold_scheme` (loso, kfold with `num_folds`, lodo); required for real data,
@@ -174,7 +178,8 @@ class MicroExpDataModule(TaskDataModule):
     """
 
     def __init__(self, dataset: str | list[str] = "synthetic", root: str | list[str] | dict[str, str] | None = None,
-                 cache: str | list[str | None] | dict[str, str] | None = None, scheme: str | None = None,
+                 cache: str | list[str | None] | dict[str, str] | None = None,
+                 scheme: str | dict[str, str] | None = None, heads: str = "shared",
                  clip_length: int = 16, sampling: str = "uniform", image_size: int = 224, margin: float = 0.15,
                  fold: int | None = None, fold_scheme: str = "loso", num_folds: int = 5, val_fraction: float = 0.15,
                  subjects: tuple[int, ...] = (16, 4, 4), per_subject: int = 9, inputs: str = "clips",
@@ -192,11 +197,15 @@ class MicroExpDataModule(TaskDataModule):
         self.requested = dataset_names(dataset)
         self.dataset_name = "+".join(self.requested)
         self.datasets = [part for name in self.requested for part in COMPOSITES.get(name, (name,))]
-        self.scheme = scheme or (DEFAULT_SCHEMES[self.requested[0]] if len(self.requested) == 1 else JOINT_SCHEME)
+        if heads not in HEADS:
+            raise ValueError(f"--data.heads must be one of {HEADS}, got {heads!r}")
+        self.heads = heads
+        self.schemes = self.resolve_schemes(scheme)
+        self.scheme = "+".join(dict.fromkeys(self.schemes.values()))
         if self.datasets == ["synthetic"] and self.scheme != "megc2019":
             raise ValueError(f"--data.scheme {self.scheme!r}: the synthetic clips are labelled in megc2019's classes")
         for name in self.datasets if self.datasets != ["synthetic"] else []:
-            word_map(self.scheme, name)  # a scheme that cannot label a dataset fails here, naming both
+            word_map(self.schemes[name], name)  # a scheme that cannot label a dataset fails here, naming both
         self.sources = self.resolve_sources(root, cache)
         self.clip_length, self.sampling, self.image_size, self.margin = clip_length, sampling, image_size, margin
         self.fold, self.fold_scheme, self.num_folds, self.val_fraction = fold, fold_scheme, num_folds, val_fraction
@@ -204,6 +213,16 @@ class MicroExpDataModule(TaskDataModule):
         self.inputs, self.flow_method = inputs, flow_method
         self.feature_cache = Path(feature_cache) if feature_cache else FEATURE_CACHE / self.dataset_name
         self.train_set = self.val_set = self.test_set = None
+
+    def resolve_schemes(self, scheme) -> dict[str, str]:
+        """The class scheme of each dataset: one for all (shared head), or each its own (one head per dataset)."""
+        if self.heads == "shared":
+            if isinstance(scheme, Mapping):
+                raise ValueError("--data.scheme: a mapping of schemes needs --data.heads per_dataset")
+            chosen = scheme or (DEFAULT_SCHEMES[self.requested[0]] if len(self.requested) == 1 else JOINT_SCHEME)
+            return {name: chosen for name in self.datasets}
+        given = per_dataset(scheme, self.datasets, "scheme") if isinstance(scheme, Mapping) else [scheme] * len(self.datasets)
+        return {name: s or DEFAULT_SCHEMES[name] for name, s in zip(self.datasets, given)}
 
     def resolve_sources(self, root, cache) -> list[Path | None]:
         if self.datasets == ["synthetic"]:
@@ -218,7 +237,20 @@ class MicroExpDataModule(TaskDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return class_names(self.scheme)
+        if self.heads == "shared":
+            return class_names(self.schemes[self.datasets[0]])
+        return [f"{name}:{c}" for name in self.datasets for c in class_names(self.schemes[name])]
+
+    @property
+    def class_groups(self) -> dict[str, list[int]] | None:
+        """{dataset: [start, end]} slices of `class_names` with one head per dataset; None for a shared head."""
+        if self.heads == "shared":
+            return None
+        groups, start = {}, 0
+        for name in self.datasets:
+            end = start + len(class_names(self.schemes[name]))
+            groups[name], start = [start, end], end
+        return groups
 
     @classmethod
     def dataset_parts(cls, dataset: str) -> list[str]:
@@ -294,14 +326,16 @@ class MicroExpDataModule(TaskDataModule):
     def labelled(self, name: str, source: Path) -> dict:
         """The samples of one dataset that the scheme labels, with their classes and ids."""
         frames = open_source(source, name, task="microexp", settings=self.frame_settings)
-        words = word_map(self.scheme, name)
+        scheme = self.schemes[name]
+        words = word_map(scheme, name)
+        offset = self.class_groups[name][0] if self.class_groups else 0
         kept, left_out = [], Counter()
         for i, sample in enumerate(frames.samples):
             label = words.get(str(sample.labels.get("emotion", "")).lower())
             if label is None:
-                left_out[f"emotion {sample.labels.get('emotion')!r} not in {self.scheme}"] += 1
+                left_out[f"emotion {sample.labels.get('emotion')!r} not in {scheme}"] += 1
             else:
-                kept.append((i, label))
+                kept.append((i, offset + label))
         report_left_out(name, source, left_out)
         root = source_root(frames, source)
         return {"frames": frames, "rows": kept,

@@ -1,7 +1,7 @@
 """Optical-flow features over seven facial regions: the input of the toolkit's ROI-Transformer baseline.
 
 For a clip of T aligned frames, the flow from the first frame (the onset) to every frame is computed with
-OpenCV's DIS or Farneback method, and each region contributes its mean (dx, dy), in units of the crop side:
+OpenCV's DIS or Farneback method, and each region contributes its mean (dx, dy) in percent of the crop side:
 [T, 14] per clip, frame 0 being zeros. The regions are placed by the alignment template, so they sit on the same
 part of every aligned face: left and right brow, glabella, left and right cheek, left and right mouth corner.
 
@@ -51,7 +51,7 @@ def flow_between(first: np.ndarray, second: np.ndarray, method: str) -> np.ndarr
 
 
 def roi_flow_features(frames: np.ndarray, method: str = "dis", margin: float = 0.15) -> np.ndarray:
-    """uint8 [T, S, S, 3] aligned frames -> float32 [T, 14]: per region, mean flow from frame 0, / S."""
+    """uint8 [T, S, S, 3] aligned frames -> float32 [T, 14]: per region, mean flow from frame 0 in % of S."""
     size = frames.shape[1]
     boxes = region_boxes(size, margin)
     gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
@@ -59,7 +59,7 @@ def roi_flow_features(frames: np.ndarray, method: str = "dis", margin: float = 0
     for t in range(1, len(frames)):
         flow = flow_between(gray[0], gray[t], method)
         for r, (x0, y0, x1, y1) in enumerate(boxes):
-            features[t, 2 * r: 2 * r + 2] = flow[y0:y1, x0:x1].reshape(-1, 2).mean(0) / size
+            features[t, 2 * r: 2 * r + 2] = flow[y0:y1, x0:x1].reshape(-1, 2).mean(0) * (100 / size)
     return features
 
 

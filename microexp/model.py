@@ -211,12 +211,15 @@ class CNNLSTM(nn.Module):
 
 class ROITransformer(nn.Module):
     """The toolkit's ROI-Transformer on 7-region optical flow: [N, T, 14] -> a linear projection to 64, a class
-    token and learned positions, three pre-LN Transformer layers (4 heads), the class token through an MLP head."""
+    token and learned positions, three pre-LN Transformer layers (4 heads), the class token through an MLP head.
+    The features are standardised first (BatchNorm over the 14 channels): flow of a micro-expression is a
+    fraction of a pixel, far below the scale of the learned positions it is added to."""
 
     def __init__(self, num_classes: int, features: int = 14, length: int = 16, dim: int = 64, depth: int = 3,
                  heads: int = 4, dropout: float = 0.1):
         super().__init__()
         self.num_classes = num_classes
+        self.standardise = nn.BatchNorm1d(features)
         self.project = nn.Linear(features, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, length + 1, dim))
@@ -229,7 +232,7 @@ class ROITransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.project(features)
+        x = self.project(self.standardise(features.transpose(1, 2)).transpose(1, 2))
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed[:, : x.shape[1] + 1]
         return self.head(self.norm(self.encoder(x))[:, 0])
 

@@ -144,3 +144,22 @@ def test_real_data_needs_a_fold_and_joint_roots_by_name(trees):
         MicroExpDataModule("smic", root=str(trees["smic"].root), num_workers=0).setup("fit")
     with pytest.raises(ValueError, match="samm: DIR"):
         MicroExpDataModule("megc2019", root={"casme2": "a", "smic": "b"})
+
+
+def test_one_head_per_dataset_keeps_each_dataset_in_its_own_classes(trees):
+    roots = {"casme2": str(trees["casme2"].root), "smic": str(trees["smic"].root)}
+    data = MicroExpDataModule("casme2+smic", root=roots, heads="per_dataset", fold=0, image_size=24, clip_length=4,
+                              num_workers=0, val_fraction=0)
+    data.setup("fit")
+    assert data.class_groups == {"casme2": [0, 5], "smic": [5, 8]}
+    assert data.class_names[:5] == [f"casme2:{c}" for c in ("happiness", "disgust", "repression", "surprise", "others")]
+    assert data.class_names[5:] == ["smic:negative", "smic:positive", "smic:surprise"]
+    for part in (data.train_set, data.test_set):
+        for i in range(len(part)):
+            item = part.identity(i) if hasattr(part, "identity") else part[i]
+            start, end = data.class_groups[item["dataset"]]
+            assert start <= item["target"] < end
+    chosen = MicroExpDataModule("casme2+smic", root=roots, heads="per_dataset", scheme={"casme2": "casme2_7"})
+    assert chosen.class_groups == {"casme2": [0, 7], "smic": [7, 10]}
+    with pytest.raises(ValueError, match="per_dataset"):
+        MicroExpDataModule("casme2+smic", root=roots, scheme={"casme2": "casme2_7"})

@@ -168,7 +168,7 @@ def test_flow_features_measure_motion_per_region(method):
     moved = np.roll(face, 2, axis=1)  # the whole face 2 px to the right
     features = roi_flow_features(np.stack([face, face, moved]), method)
     assert features.shape == (3, 14) and np.abs(features[:2]).max() < 1e-3
-    dx, dy = features[2, 0::2] * 96, features[2, 1::2] * 96
+    dx, dy = features[2, 0::2] * 96 / 100, features[2, 1::2] * 96 / 100  # percent of the side -> pixels
     assert np.median(dx) == pytest.approx(2, abs=0.6) and np.abs(np.median(dy)) < 0.5
 
 
@@ -198,3 +198,20 @@ def test_roi_transformer_and_its_input_check(tmp_path):
     assert cli.trainer.global_step == 2 and len(list((tmp_path / "flow").glob("*.npy"))) == 6 + 3
     with pytest.raises(SystemExit):
         main(args)  # clips given to a network of flow features: a one-line error naming --data.inputs
+
+
+def test_one_head_per_dataset_scores_each_sample_within_its_dataset():
+    import torch.nn.functional as F
+
+    groups = {"casme2": [0, 5], "smic": [5, 8]}
+    module = MicroExpModule([f"c{i}" for i in range(8)], class_groups=groups, augment=False, **TINY)
+    logits = torch.randn(4, 8)
+    target, datasets = torch.tensor([1, 6, 4, 7]), ["casme2", "smic", "casme2", "smic"]
+    expected = (2 * F.cross_entropy(logits[[0, 2], 0:5], target[[0, 2]]) +
+                2 * F.cross_entropy(logits[[1, 3], 5:8], target[[1, 3]] - 5)) / 4
+    torch.testing.assert_close(module.classification_loss(logits, target, datasets), expected)
+    probs = module.within_groups(logits, datasets).softmax(-1)
+    assert torch.all(probs[0, 5:] == 0) and torch.all(probs[1, :5] == 0)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+    with pytest.raises(ValueError, match="mixup_alpha 0"):
+        MicroExpModule([f"c{i}" for i in range(8)], class_groups=groups, mixup_alpha=0.2, **TINY)

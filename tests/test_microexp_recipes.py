@@ -2,6 +2,8 @@
 and each fits a step on trees written in its datasets' real formats (with a tiny VideoMAE, no weights)."""
 from __future__ import annotations
 
+import csv
+
 import pytest
 import yaml
 
@@ -12,10 +14,10 @@ from tests.conftest import REPO
 CONFIGS = REPO / "configs" / "microexp"
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "synthetic")
 WRITERS = {"casme2": write_casme2, "samm": write_samm, "smic": write_smic, "casme3": write_casme3}
-TINY = ["--data.image_size", "32", "--data.clip_length", "4", "--data.batch_size", "2", "--data.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--run.wandb", "false"]
+SMALL = ["--data.image_size", "32", "--data.clip_length", "4", "--data.batch_size", "2", "--data.num_workers", "0",
+         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false", "--run.wandb", "false"]
+TINY = [*SMALL, "--trainer.fast_dev_run", "true"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,3 +71,23 @@ def test_the_synthetic_default_runs_with_no_arguments_but_size(tmp_path):
     assert rows[0].startswith("dataset,subject,sample,label,pred,p_negative") and len(rows) == 1 + 3
     assert all(line.split(",")[1] == "synthetic/3" for line in rows[1:])
     assert test.trainer.callback_metrics["test/acc"] >= 0
+
+
+def test_one_head_per_dataset_end_to_end(trees, tmp_path):
+    roots = yaml.safe_dump({d: str(trees[d]) for d in ("casme2", "smic")}, default_flow_style=True).strip()
+    args = ["--config", str(CONFIGS / "joint4_videomae_b.yaml"), *SMALL,
+            "--model.arch", "videomae_tiny", "--model.pretrained", "null", "--data.dataset", "casme2+smic",
+            "--data.root", roots, "--data.heads", "per_dataset", "--data.scheme", "null", "--data.val_fraction", "0",
+            "--checkpoint.monitor", "null", "--trainer.max_epochs", "1", "--run.root", str(tmp_path)]
+    cli = train_main(["--task", "microexp", "fit", *args])
+    assert cli.model.class_groups == {"casme2": (0, 5), "smic": (5, 8)} and len(cli.model.class_names) == 8
+    run = next(tmp_path.glob("microexp/*/version_0"))
+    train_main(["--task", "microexp", "test", "--config", str(run / "config.yaml"), "--ckpt_path",
+                str(run / "checkpoints" / "last.ckpt")])
+    rows = list(csv.DictReader(open(next(tmp_path.glob("microexp/*/version_1/predictions.csv")))))
+    assert rows
+    for row in rows:
+        own = [c for c in row if c.startswith(f"p_{row['dataset']}:")]
+        other = [c for c in row if c.startswith("p_") and c not in own]
+        assert sum(float(row[c]) for c in own) > 0.999 and all(float(row[c]) == 0 for c in other)
+        assert row["pred"].startswith(row["dataset"] + ":") and row["label"].startswith(row["dataset"] + ":")

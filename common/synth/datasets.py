@@ -59,7 +59,7 @@ class _SubjectGrid(Dataset):
     def item(self, i: int, image: np.ndarray, target) -> dict:
         subject = self.subject_of(i)
         return {"input": _image_tensor(image), "target": target, "dataset": "synthetic", "subject": str(subject),
-                "sample": f"{subject}/{i % self.per_subject}"}
+                "sample": f"{subject}/{i % self.per_subject}@{self.seed}"}
 
 
 class SyntheticEmotionDataset(_SubjectGrid):
