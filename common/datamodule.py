@@ -77,6 +77,32 @@ def subject_ranges(counts: Sequence[int], start: int = 0) -> list[list[int]]:
     return blocks
 
 
+def check_choice(flag: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"--data.{flag} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_fraction(flag: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"--data.{flag} must be in [0, 1), got {value}")
+
+
+def datasets_from_roots(dataset, root):
+    """`--data.root "{name: DIR, ...}"` alone names the datasets of a joint set."""
+    return list(root) if dataset == "synthetic" and isinstance(root, Mapping) else dataset
+
+
+def dataset_sources(names: Sequence[str], root, cache) -> list[Path]:
+    """Where each dataset of a (joint) set is read from: its cache where one is given, else its root."""
+    roots, caches = per_dataset(root, names, "root"), per_dataset(cache, names, "cache")
+    sources = [Path(c) if c else Path(r) if r else None for r, c in zip(roots, caches)]
+    missing = [n for n, s in zip(names, sources) if s is None]
+    if missing:
+        example = names[0] if len(names) == 1 else "{" + ", ".join(f"{n}: DIR" for n in names) + "}"
+        raise ValueError(f"--data.root (or --data.cache) is needed for {missing}, e.g. --data.root \"{example}\"")
+    return sources
+
+
 def per_dataset(value, names: Sequence[str], flag: str) -> list:
     """One entry per dataset of a joint set, from a mapping `{dataset: value}` (the form every task accepts), a
     list in the order of `names`, or a single value for a single dataset; None where none is given."""

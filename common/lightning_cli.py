@@ -92,6 +92,9 @@ class TaskCLI(LightningCLI):
         checkpoint: ModelCheckpoint = config.checkpoint
         if checkpoint.dirpath is None:
             checkpoint.dirpath = str(run_dir / "checkpoints")
+        if checkpoint.monitor and getattr(self.datamodule, "validates", True) is False:
+            rank_zero_info(f"no validation subjects: checkpoints are kept by epoch, not by {checkpoint.monitor}")
+            checkpoint.monitor = None
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = make_loggers(settings, run_dir, name, group, tags, self.subcommand)
         kwargs["default_root_dir"] = str(run_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -26,7 +26,8 @@ from common.data.align import AlignSettings, preprocessing_record
 from common.data.cache import AlignedFrames, FrameSettings, is_cache, open_source, source_root
 from common.data.records import Sample, sample_name
 from common.data.sampling import ClassBalancedSampler, stratified_subset
-from common.datamodule import TaskDataModule, per_dataset, subject_ranges
+from common.datamodule import (TaskDataModule, check_choice, check_fraction, dataset_sources, datasets_from_roots,
+                               subject_ranges)
 from common.data import report_left_out
 from emotion.parsers import DATASETS, EMOTION_CLASSES, SPLITS
 
@@ -140,16 +141,11 @@ class EmotionDataModule(TaskDataModule):
                  ferplus_mode: str = "majority", val_fraction: float = 0.1, balanced_sampler: bool = False,
                  fold: int | None = None, fold_scheme: str = "kfold", num_folds: int = 5, **loader):
         super().__init__(**loader)
-        if num_classes not in (7, 8):
-            raise ValueError(f"--data.num_classes must be 7 or 8, got {num_classes}")
-        if ferplus_mode not in FERPLUS_MODES:
-            raise ValueError(f"--data.ferplus_mode must be one of {FERPLUS_MODES}, got {ferplus_mode!r}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
-        if dataset == "synthetic" and isinstance(root, Mapping):
-            dataset = list(root)
-        self.datasets = dataset_names(dataset)
-        self.sources = dataset_sources(self.datasets, root, cache)
+        check_choice("num_classes", num_classes, (7, 8))
+        check_choice("ferplus_mode", ferplus_mode, FERPLUS_MODES)
+        check_fraction("val_fraction", val_fraction)
+        self.datasets = dataset_names(datasets_from_roots(dataset, root))
+        self.sources = [None] if self.datasets == ["synthetic"] else dataset_sources(self.datasets, root, cache)
         self.dataset_name = "+".join(self.datasets)
         self.num_classes = num_classes
         self.image_size = image_size
@@ -293,15 +289,3 @@ def dataset_names(dataset: str | Sequence[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"--data.dataset {dataset!r} names a dataset twice")
     return names
-
-
-def dataset_sources(names: list[str], root, cache) -> list[Path | None]:
-    """Where each dataset is read from: its cache where one is given, else its root."""
-    if names == ["synthetic"]:
-        return [None]
-    roots, caches = per_dataset(root, names, "root"), per_dataset(cache, names, "cache")
-    sources = [Path(c) if c else Path(r) if r else None for r, c in zip(roots, caches)]
-    missing = [n for n, s in zip(names, sources) if s is None]
-    if missing:
-        raise ValueError(f"--data.root (or --data.cache) is needed for {missing}")
-    return sources

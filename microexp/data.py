@@ -24,7 +24,8 @@ from common.data.align import AlignSettings, preprocessing_record
 from common.data.cache import AlignedFrames, FrameSettings, open_source, source_root
 from common.data.clips import clip_positions, gather_clip
 from common.data.records import Interval, Sample, sample_name
-from common.datamodule import TaskDataModule, per_dataset
+from common.datamodule import (TaskDataModule, check_choice, check_fraction, dataset_sources, datasets_from_roots,
+                               per_dataset)
 from common.labels import class_names, word_map
 from microexp.flow import FLOW_METHODS, FlowFeatureCache, roi_flow_features
 from microexp.parsers import FPS
@@ -185,20 +186,13 @@ class MicroExpDataModule(TaskDataModule):
                  subjects: tuple[int, ...] = (16, 4, 4), per_subject: int = 9, inputs: str = "clips",
                  flow_method: str = "dis", feature_cache: str | None = None, **loader):
         super().__init__(**loader)
-        if inputs not in INPUTS or flow_method not in FLOW_METHODS:
-            raise ValueError(f"--data.inputs must be one of {INPUTS} and --data.flow_method one of {FLOW_METHODS}, "
-                             f"got {inputs!r} and {flow_method!r}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"--data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"--data.val_fraction must be in [0, 1), got {val_fraction}")
-        if dataset == "synthetic" and isinstance(root, Mapping):
-            dataset = list(root)
-        self.requested = dataset_names(dataset)
+        for flag, value, choices in (("inputs", inputs, INPUTS), ("flow_method", flow_method, FLOW_METHODS),
+                                     ("sampling", sampling, SAMPLINGS), ("heads", heads, HEADS)):
+            check_choice(flag, value, choices)
+        check_fraction("val_fraction", val_fraction)
+        self.requested = dataset_names(datasets_from_roots(dataset, root))
         self.dataset_name = "+".join(self.requested)
         self.datasets = [part for name in self.requested for part in COMPOSITES.get(name, (name,))]
-        if heads not in HEADS:
-            raise ValueError(f"--data.heads must be one of {HEADS}, got {heads!r}")
         self.heads = heads
         self.schemes = self.resolve_schemes(scheme)
         self.scheme = "+".join(dict.fromkeys(self.schemes.values()))
@@ -206,7 +200,7 @@ class MicroExpDataModule(TaskDataModule):
             raise ValueError(f"--data.scheme {self.scheme!r}: the synthetic clips are labelled in megc2019's classes")
         for name in self.datasets if self.datasets != ["synthetic"] else []:
             word_map(self.schemes[name], name)  # a scheme that cannot label a dataset fails here, naming both
-        self.sources = self.resolve_sources(root, cache)
+        self.sources = [None] if self.datasets == ["synthetic"] else dataset_sources(self.datasets, root, cache)
         self.clip_length, self.sampling, self.image_size, self.margin = clip_length, sampling, image_size, margin
         self.fold, self.fold_scheme, self.num_folds, self.val_fraction = fold, fold_scheme, num_folds, val_fraction
         self.subjects, self.per_subject = tuple(subjects), per_subject
@@ -224,17 +218,6 @@ class MicroExpDataModule(TaskDataModule):
         given = per_dataset(scheme, self.datasets, "scheme") if isinstance(scheme, Mapping) else [scheme] * len(self.datasets)
         return {name: s or DEFAULT_SCHEMES[name] for name, s in zip(self.datasets, given)}
 
-    def resolve_sources(self, root, cache) -> list[Path | None]:
-        if self.datasets == ["synthetic"]:
-            return [None]
-        roots, caches = per_dataset(root, self.datasets, "root"), per_dataset(cache, self.datasets, "cache")
-        sources = [Path(c) if c else Path(r) if r else None for r, c in zip(roots, caches)]
-        missing = [n for n, s in zip(self.datasets, sources) if s is None]
-        if missing:
-            raise ValueError(f"--data.root (or --data.cache) is needed for {missing}, e.g. "
-                             f"--data.root \"{{{', '.join(f'{n}: DIR' for n in self.datasets)}}}\"")
-        return sources
-
     @property
     def class_names(self) -> list[str]:
         if self.heads == "shared":
@@ -251,6 +234,11 @@ class MicroExpDataModule(TaskDataModule):
             end = start + len(class_names(self.schemes[name]))
             groups[name], start = [start, end], end
         return groups
+
+    @property
+    def validates(self) -> bool:
+        """False for a fixed epoch budget (val_fraction 0): the checkpoint is then the last one."""
+        return self.val_fraction > 0
 
     @classmethod
     def dataset_parts(cls, dataset: str) -> list[str]:

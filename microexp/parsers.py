@@ -24,6 +24,7 @@ row; rows left out by a rule above are counted in the log.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -86,7 +87,39 @@ def word(value) -> str:
     return "" if value is None else str(value).strip().lower()
 
 
-# ---------------------------------------------------------------- CASME II
+# ---------------------------------------------------------------- CASME II and SAMM: coding sheets
+
+
+@dataclass(frozen=True)
+class CodingSheet:
+    """How a FACS coding sheet names its columns, spells its subjects and marks a missing apex."""
+
+    dataset: str
+    columns: tuple[str, str, str, str, str, str]  # subject, filename, onset, apex, offset, emotion
+    subject_format: str
+    no_apex: tuple
+
+
+CASME2 = CodingSheet("casme2", CASME2_COLUMNS, "sub{:02d}", ("/", ""))
+SAMM = CodingSheet("samm", SAMM_COLUMNS, "{:03d}", (-1, "-1", ""))
+
+
+def coded_samples(spec: CodingSheet, sheet: Path, frames: Path) -> list[Sample]:
+    """One sample per sheet row; frames in <frames>/<subject>/<Filename>."""
+    subject_column, file_column, onset_column, apex_column, offset_column, emotion_column = spec.columns
+    name, rows = excel_rows(sheet, spec.columns)
+    samples = []
+    for row, cells in rows:
+        subject = spec.subject_format.format(subject_number(cells[subject_column], sheet, name, row))
+        video = str(cells[file_column]).strip()
+        onset, offset = (frame_value(cells[c], sheet, name, row, c) for c in (onset_column, offset_column))
+        apex = frame_value(cells[apex_column], sheet, name, row, apex_column, missing=spec.no_apex)
+        folder = frame_folder(frames / subject / video, sheet, name, row)
+        aus = cells.get("Action Units")
+        samples.append(Sample(spec.dataset, subject, "frames", folder, interval_of(onset, apex, offset, sheet, name, row),
+                              labels={"emotion": word(cells[emotion_column]), "aus": "" if aus is None else str(aus)},
+                              extra={"fps": FPS[spec.dataset], "id": f"{subject}/{video}"}))
+    return samples
 
 
 @register_dataset("casme2", task="microexp")
@@ -97,36 +130,13 @@ def casme2(root: Path) -> list[Sample]:
         frames = root / "Cropped"
     if not frames.is_dir():
         raise FileNotFoundError(f"{root}: neither CASME2_RAW_selected/ nor Cropped/ holds the frames")
-    samples = []
-    for row, cells in excel_rows(sheet, CASME2_COLUMNS):
-        subject = f"sub{subject_number(cells['Subject'], sheet, 'first', row):02d}"
-        name = str(cells["Filename"]).strip()
-        onset, offset = (frame_value(cells[c], sheet, "first", row, c) for c in ("OnsetFrame", "OffsetFrame"))
-        apex = frame_value(cells["ApexFrame"], sheet, "first", row, "ApexFrame", missing=("/", ""))
-        folder = frame_folder(frames / subject / name, sheet, "first", row)
-        samples.append(Sample("casme2", subject, "frames", folder, interval_of(onset, apex, offset, sheet, "first", row),
-                              labels={"emotion": word(cells["Estimated Emotion"]), "aus": str(cells.get("Action Units"))},
-                              extra={"fps": FPS["casme2"], "id": f"{subject}/{name}"}))
-    return samples
-
-
-# ---------------------------------------------------------------- SAMM
+    return coded_samples(CASME2, sheet, frames)
 
 
 @register_dataset("samm", task="microexp")
 def samm(root: Path) -> list[Sample]:
     sheet = one_sheet(root, "SAMM_Micro_FACS_Codes*.xlsx", "SAMM FACS codes sheet")
-    samples = []
-    for row, cells in excel_rows(sheet, SAMM_COLUMNS):
-        subject = f"{subject_number(cells['Subject'], sheet, 'first', row):03d}"
-        name = str(cells["Filename"]).strip()
-        onset, offset = (frame_value(cells[c], sheet, "first", row, c) for c in ("Onset Frame", "Offset Frame"))
-        apex = frame_value(cells["Apex Frame"], sheet, "first", row, "Apex Frame", missing=(-1, "-1", ""))
-        folder = frame_folder(root / "SAMM" / subject / name, sheet, "first", row)
-        samples.append(Sample("samm", subject, "frames", folder, interval_of(onset, apex, offset, sheet, "first", row),
-                              labels={"emotion": word(cells["Estimated Emotion"]), "aus": str(cells.get("Action Units"))},
-                              extra={"fps": FPS["samm"], "id": f"{subject}/{name}"}))
-    return samples
+    return coded_samples(SAMM, sheet, root / "SAMM")
 
 
 # ---------------------------------------------------------------- SMIC-HS
@@ -166,7 +176,8 @@ def casme3(root: Path) -> list[Sample]:
         raise FileNotFoundError(f"{root}: CAS(ME)³ Part A label sheet not found (looked for {', '.join(CASME3_SHEETS)})")
     folders = {p.name.lower(): p for p in (root / "data").glob("*") if p.is_dir()}
     samples, left_out = [], Counter()
-    for row, cells in excel_rows(sheet, CASME3_COLUMNS, sheet="label"):
+    _, rows = excel_rows(sheet, CASME3_COLUMNS, sheet="label")
+    for row, cells in rows:
         onset, apex, offset = (frame_value(cells[c], sheet, "label", row, c) for c in ("Onset", "Apex", "Offset"))
         if offset < onset:
             left_out["offset before onset (0 = not coded)"] += 1

@@ -87,8 +87,9 @@ def sheet_error(path: Path, sheet: str, row: int, reason: str) -> AnnotationErro
 
 
 def excel_rows(path: Path, required: Sequence[str], sheet: str | None = None, header_search: int = 40
-               ) -> Iterator[tuple[int, dict]]:
-    """(row number as Excel shows it, cells by column name) for each data row of an .xlsx or .xls sheet.
+               ) -> tuple[str, list[tuple[int, dict]]]:
+    """The sheet's name and, for each data row of an .xlsx or .xls sheet, (row number as Excel shows it, cells by
+    column name).
 
     The header is the first of the first `header_search` rows that holds every `required` column (compared
     case-insensitively, spaces stripped), so free text above it (SAMM) is passed over; cells keep their types
@@ -102,10 +103,10 @@ def excel_rows(path: Path, required: Sequence[str], sheet: str | None = None, he
         keys = [_column_key(cell) for cell in row]
         if all(key in keys for key in wanted):
             columns = [wanted.get(key, "" if cell is None else str(cell).strip()) for key, cell in zip(keys, row)]
-            for offset, cells in enumerate(rows[number:], start=number + 1):
-                if any(cell is not None and str(cell).strip() for cell in cells):
-                    yield offset, dict(zip(columns, list(cells) + [None] * (len(columns) - len(cells))))
-            return
+            data = [(offset, dict(zip(columns, list(cells) + [None] * (len(columns) - len(cells)))))
+                    for offset, cells in enumerate(rows[number:], start=number + 1)
+                    if any(cell is not None and str(cell).strip() for cell in cells)]
+            return name, data
     raise AnnotationError(f"{path}, sheet {name!r}: no header row with the columns {', '.join(required)} in its "
                           f"first {header_search} rows")
 
