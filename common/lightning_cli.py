@@ -112,7 +112,7 @@ class TaskCLI(LightningCLI):
         suffix = f"-fold{fold}" if fold is not None else ""
         name = settings.name or f"{dataset}-{arch}{suffix}"
         tags = [self.task, dataset, arch] + ([f"fold{fold}"] if fold is not None else [])
-        return name, f"{self.task}-{dataset}", tags
+        return name, settings.group or f"{self.task}-{dataset}", tags
 
     def resolve_run_dir(self, base: Path, config) -> Path:
         """Rank 0 picks the directory; DDP ranks it launches inherit the choice through the environment."""

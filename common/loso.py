@@ -4,7 +4,7 @@
     python -m common.loso score PRED.csv [PRED.csv ...] [--json] [--out DIR]
 
 `run` trains each fold as a run of its own (`train.py --task T fit --config C --data.fold K`, all folds in one W&B
-group), then tests the fold's checkpoint on its held-out subject(s): the checkpoint chosen on validation subjects
+group named after the output folder), then tests the fold's checkpoint on its held-out subject(s): the checkpoint chosen on validation subjects
 carved from the training subjects, or the last one for a fixed epoch budget; the held-out subject is never looked
 at before that test. Folds run one after another, or N at a time with one GPU each. Progress and outcome of every
 fold are kept in `loso.json` in the output folder, so a crashed fold is re-run alone (`--folds 7`) and the
@@ -243,7 +243,7 @@ def chosen_checkpoint(fit_dir: Path) -> Path:
 
 def run_fold(run: FoldRun, manifest: Manifest, runs_root: Path, gpu: int | None, lock) -> FoldRun:
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {})}
-    common = ["--run.root", str(runs_root)]
+    common = ["--run.root", str(runs_root), "--run.group", runs_root.parent.name]
     start = time.monotonic()
     with lock:
         before = set(runs_root.glob("*/*/version_*"))
@@ -260,7 +260,8 @@ def run_fold(run: FoldRun, manifest: Manifest, runs_root: Path, gpu: int | None,
         before = set(runs_root.glob("*/*/version_*"))
     test = subprocess.run(train_command(manifest.task, "test", "--config", str(fit_dir / "config.yaml"),
                                         "--ckpt_path", str(chosen_checkpoint(fit_dir)), "--run.name",
-                                        fit_dir.parent.name), env=env, capture_output=True, text=True)
+                                        fit_dir.parent.name, "--run.group", runs_root.parent.name),
+                          env=env, capture_output=True, text=True)
     with lock:
         test_dir = newest_fold_dir(runs_root, before, run.fold)
     if test.returncode != 0 or test_dir is None or not (test_dir / PREDICTIONS_FILE).is_file():

@@ -30,6 +30,7 @@ class RunSettings:
             `--trainer.default_root_dir` sets the same and wins.
         name: run name; by default `<dataset>-<arch>[-fold<k>]`.
         project: W&B project.
+        group: W&B group; by default `<task>-<dataset>` (the LOSO runner puts all its folds in one group).
         wandb: log to Weights & Biases (offline automatically when no API key or no network).
         tags: extra W&B tags.
     """
@@ -37,6 +38,7 @@ class RunSettings:
     root: str | None = None
     name: str | None = None
     project: str = "facex"
+    group: str | None = None
     wandb: bool = True
     tags: list[str] = field(default_factory=list)
 

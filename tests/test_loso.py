@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from common.loso import main as loso_main
 from common.predictions import write_rows
@@ -106,6 +107,7 @@ def test_loso_over_synthetic_subjects_scores_well_above_chance_and_reruns_a_fold
         held_out = {r["subject"] for r in csv.DictReader(open(Path(run["test_dir"]) / "predictions.csv"))}
         table = {r["subject"]: int(r["fold"]) for r in csv.DictReader(open(Path(run["fit_dir"]) / "folds.csv"))}
         assert held_out == {s for s, f in table.items() if f == int(fold)}
+        assert yaml.safe_load((Path(run["fit_dir"]) / "config.yaml").read_text())["run"]["group"] == "loso"
     scores = json.loads((out / "scores.json").read_text())
     assert scores["samples"] == 36 and scores["uf1"] >= 0.6 and scores["uar"] >= 0.6, scores  # chance: 1/3
 
