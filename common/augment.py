@@ -23,6 +23,7 @@ AugmentSpec = bool | Mapping[str, Mapping[str, Any] | None] | None
 # Applied in this order whatever the order of the config: geometric ops come before erasing, so the erased box
 # stays a box.
 AUGMENTATIONS: dict[str, type] = {
+    "crop": K.RandomCrop,
     "resized_crop": K.RandomResizedCrop,
     "affine": K.RandomAffine,
     "hflip": K.RandomHorizontalFlip,
@@ -90,6 +91,9 @@ def _operation(name: str, size: int, kwargs: dict[str, Any]) -> nn.Module:
     kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in kwargs.items()}
     if name == "resized_crop":
         return K.RandomResizedCrop((size, size), **kwargs)
+    if name == "crop":  # a fixed-size crop at a random place (ME-GraphAU's 224 from 256)
+        side = kwargs.pop("size", size)
+        return K.RandomCrop((side, side), **kwargs)
     if name == "affine":
         kwargs.setdefault("degrees", 0.0)
     return AUGMENTATIONS[name](**kwargs)

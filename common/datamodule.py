@@ -53,6 +53,11 @@ class TaskDataModule(L.LightningDataModule):
         or (None, why it is left out): what `python -m common.inspect` counts."""
         raise NotImplementedError
 
+    @classmethod
+    def label_counts(cls, requested: str, dataset: str, samples) -> dict[str, dict[str, int]]:
+        """Task-specific counts `python -m common.inspect` adds to its report (none by default)."""
+        return {}
+
     def subject_fold(self, subjects: Sequence[str], scheme: str, k: int, val_fraction: float) -> Split:
         """Fold `self.fold` of a subject split; validation subjects come from its training subjects only.
 

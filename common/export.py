@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PureWindowsPath
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -97,6 +98,8 @@ def export_module(module, output: str | Path, opset: int = 18, samples: int = 4)
     # legacy, which is no news to the user.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # the contract fixes the input size, so shape-dependent branches are meant to be traced as constants
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(wrapper, inputs, str(output), dynamo=False, opset_version=opset,
                           input_names=contract.input_names, output_names=contract.output_names,
                           dynamic_axes=contract.dynamic_axes(), do_constant_folding=True)
@@ -158,9 +161,10 @@ def write_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def verify(path: Path, wrapper, inputs: tuple, atol: float = 1e-4, runs: int = 20, rtol: float = 1e-4,
-           logits_wrapper=None) -> ExportReport:
+           logits_wrapper=None, categorical: Sequence[str] | None = None) -> ExportReport:
     """onnx.checker; ONNX Runtime vs PyTorch on the same real samples, before and after each output's activation;
-    then batch-1 latency. `logits_wrapper` is the same graph without activations (`export_wrapper(False)`)."""
+    then batch-1 latency. `logits_wrapper` is the same graph without activations (`export_wrapper(False)`);
+    `categorical` names the outputs that are class distributions (all by default), for the one-class warning."""
     import onnx
     import onnxruntime as ort
 
@@ -182,7 +186,7 @@ def verify(path: Path, wrapper, inputs: tuple, atol: float = 1e-4, runs: int = 2
             _refuse_non_finite(path, f"{name} before its activation", raw[name], got[tensor])
             scale = max(float(np.abs(raw[name]).max()), 1.0)
             report.max_rel_diff[name] = float(np.abs(raw[name] - got[tensor]).max()) / scale
-    report.warnings = degenerate_outputs(expected)
+    report.warnings = degenerate_outputs(expected, categorical)
     _time(report, session, names, feeds, wrapper, inputs, runs)
     bad = {k: v for k, v in report.max_abs_diff.items() if not v <= atol}
     bad.update({f"{k} (before activation, relative)": v for k, v in report.max_rel_diff.items() if not v <= rtol})
@@ -203,11 +207,13 @@ def pre_activation_outputs(model) -> dict[str, str]:
     return found
 
 
-def degenerate_outputs(outputs: dict[str, np.ndarray]) -> list[str]:
-    """Signs that the checked samples say little: one class for every sample, or probabilities of exactly 0/1."""
+def degenerate_outputs(outputs: dict[str, np.ndarray], categorical: Sequence[str] | None = None) -> list[str]:
+    """Signs that the checked samples say little: one class for every sample (class distributions), or
+    probabilities of exactly 0/1."""
     notes = []
     for name, value in outputs.items():
-        if value.ndim == 2 and value.shape[0] > 1 and value.shape[1] > 1 and len(set(value.argmax(1).tolist())) == 1:
+        one_class = value.ndim == 2 and value.shape[0] > 1 and value.shape[1] > 1 and len(set(value.argmax(1).tolist())) == 1
+        if one_class and (categorical is None or name in categorical):
             notes.append(f"{name}: every checked sample gives class {int(value[0].argmax())}")
         if value.size and np.isin(value, (0.0, 1.0)).all():
             notes.append(f"{name}: every value is exactly 0 or 1 (saturated); only the comparison before the "
@@ -253,8 +259,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, opset: int = 1
         check_model(__import__("onnx").load(str(path)), module.contract)
     except ContractError as error:
         raise ExportError(f"{path}: {error}") from None
+    categorical = [spec.name for spec in module.contract.outputs if spec.activation == "softmax"]
     report = verify(path, module.export_wrapper().eval(), inputs, atol,
-                    logits_wrapper=module.export_wrapper(activation=False).eval())
+                    logits_wrapper=module.export_wrapper(activation=False).eval(), categorical=categorical)
     report.task = module.task
     return report
 

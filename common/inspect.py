@@ -4,7 +4,8 @@ Samples (those with a class, i.e. what training sees; `parsed` counts every anno
 counts (in the task's default class scheme), per-dataset parts of a joint set or composite, rows left out and why, and (unless --no-media) frames missing inside annotated intervals and sources
 that cannot be opened: read this before a week of training is spent. `--json` prints one object with the keys
 `samples`, `subjects` (a count), `classes` ({name: count}), `by_dataset` ({name: the same keys}), `left_out`
-({reason: count}), `frames_missing`, `unreadable` ([messages]).
+({reason: count}), `frames_missing`, `unreadable` ([messages]), and what a task adds (action units: `au_positive`
+and `au_unknown`, {"AU01": count}).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from common.errors import concise
 from common.tasks import get_task
 
 UNREADABLE_SHOWN = 20
+BASE_KEYS = ("samples", "parsed", "subjects", "classes", "left_out", "frames_missing", "unreadable")
 
 
 def describe(task: str, dataset: str, root, media: bool = True, progress: bool = False) -> dict:
@@ -49,7 +51,7 @@ def describe_one(module, task: str, requested: str, name: str, root: Path, media
             kept.append(sample)
     found = {"samples": len(kept), "parsed": len(samples), "subjects": len({s.subject for s in kept if s.subject}),
              "classes": dict(sorted(classes.items())), "left_out": dict(sorted(left_out.items())),
-             "frames_missing": 0, "unreadable": []}
+             "frames_missing": 0, "unreadable": [], **module.label_counts(requested, name, kept)}
     if media:
         found.update(check_media(samples, name, progress))
     return found
@@ -75,13 +77,18 @@ def check_media(samples: Sequence, name: str, progress: bool) -> dict:
 def merge(parts) -> dict:
     parts = list(parts)
     classes, left_out = Counter(), Counter()
+    extra: dict[str, Counter] = {}
     for part in parts:
         classes.update(part["classes"])
         left_out.update(part["left_out"])
+        for key, counts in part.items():
+            if key not in BASE_KEYS:
+                extra.setdefault(key, Counter()).update(counts)
     return {"samples": sum(p["samples"] for p in parts), "parsed": sum(p["parsed"] for p in parts), "subjects": sum(p["subjects"] for p in parts),
             "classes": dict(sorted(classes.items())), "left_out": dict(sorted(left_out.items())),
             "frames_missing": sum(p["frames_missing"] for p in parts),
-            "unreadable": [u for p in parts for u in p["unreadable"]]}
+            "unreadable": [u for p in parts for u in p["unreadable"]],
+            **{key: dict(sorted(counts.items())) for key, counts in extra.items()}}
 
 
 def text(report: dict, dataset: str) -> str:
@@ -92,6 +99,9 @@ def text(report: dict, dataset: str) -> str:
                      + ", ".join(f"{k} {v}" for k, v in part["classes"].items()))
     lines.append("left out: " + (", ".join(f"{v} {k}" for k, v in report["left_out"].items()) or "nothing"))
     lines.append(f"frames missing inside annotated intervals: {report['frames_missing']}")
+    for key in report:
+        if key not in BASE_KEYS and key != "by_dataset":
+            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
     lines.append(f"sources that cannot be read: {len(report['unreadable'])}")
     lines += [f"  {message}" for message in report["unreadable"][:UNREADABLE_SHOWN]]
     return "\n".join(lines)

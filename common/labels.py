@@ -93,3 +93,21 @@ def schemes_for(dataset: str) -> list[str]:
     """The schemes that can label a dataset's samples."""
     groupings = _table().get("groupings") or {}
     return sorted(s for s, per in groupings.items() if dataset in per or "*" in per)
+
+
+def au_set(name: str) -> list[int]:
+    """The AU numbers of a named set (output order)."""
+    sets = _table().get("au_sets") or {}
+    if name not in sets:
+        raise KeyError(f"unknown AU set {name!r}; {LABELS_FILE} defines {sorted(sets)}")
+    return [int(au) for au in sets[name]]
+
+
+def au_standard(dataset: str) -> list[int]:
+    """The AUs a dataset's results are usually reported on (BP4D 12, DISFA 8)."""
+    return au_set(_table()["au_standard"][dataset])
+
+
+def au_name(au: int) -> str:
+    """OpenFace's spelling: AU01."""
+    return f"AU{int(au):02d}"

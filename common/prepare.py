@@ -271,10 +271,10 @@ def frame_settings_from(args: argparse.Namespace) -> FrameSettings:
 
 
 def task_data_module(task: str) -> list[str]:
-    """`<task>.data` registers the task's parsers and reader kinds; worker processes must import it too."""
-    if importlib.util.find_spec(task) is None or importlib.util.find_spec(f"{task}.data") is None:
+    """`<task>.parsers` registers the task's parsers and reader kinds; worker processes must import it too."""
+    if importlib.util.find_spec(task) is None:
         return []
-    return [f"{task}.data"]
+    return [name for name in (f"{task}.parsers", f"{task}.data") if importlib.util.find_spec(name) is not None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

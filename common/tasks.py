@@ -49,6 +49,8 @@ TASKS: dict[str, TaskSpec] = {
                  "microexp.contract.CONTRACT", "microexp/synthetic.yaml",
                  links=CLASSIFICATION_LINKS + (("data.clip_length", "model.init_args.clip_length"),
                                                ("data.class_groups", "model.init_args.class_groups"))),
+        TaskSpec("au", "au.module.AUModule", "au.data.AUDataModule", "au.contract.CONTRACT", "au/synthetic.yaml",
+                 links=CLASSIFICATION_LINKS),
     )
 }
 

@@ -37,7 +37,7 @@ def register_dataset(name: str, task: str | None = None):
 
 
 def dataset_parser(dataset: str, task: str | None = None) -> DatasetParser:
-    """The parser for `dataset`; importing `<task>.data` first lets a task's parsers register themselves."""
+    """The parser for `dataset`; importing the task's parsers first lets them register themselves."""
     if task:
         _import_task_parsers(task)
         if f"{task}/{dataset}" in DATASETS:
@@ -49,11 +49,13 @@ def dataset_parser(dataset: str, task: str | None = None) -> DatasetParser:
 
 
 def _import_task_parsers(task: str) -> None:
-    try:
-        importlib.import_module(f"{task}.data")
-    except ModuleNotFoundError as error:
-        if error.name not in (task, f"{task}.data"):
-            raise  # the task's module exists but one of its imports is missing: say so
+    """A task's parsers live in `<task>/parsers.py` (imported by its data module too)."""
+    for module in (f"{task}.parsers", f"{task}.data"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name not in (task, module):
+                raise  # the task's module exists but one of its imports is missing: say so
 
 
 def load_samples(dataset: str, root: Path | str, task: str | None = None) -> list[Sample]:

@@ -112,11 +112,27 @@ def lodo_folds(subjects: Iterable[str]) -> dict[str, int]:
     return {s: datasets.index(s.split("/", 1)[0]) for s in subjects}
 
 
+def published_folds(subjects: Iterable[str]) -> dict[str, int]:
+    """Each dataset's published protocol (`<dataset>_3fold.csv`) for subjects spelled `<dataset>/<subject>`; the
+    folds of a joint set are the union of its datasets' folds with the same number."""
+    folds = {}
+    for subject in ordered_subjects(subjects):
+        dataset, _, name = subject.partition("/")
+        table = fixed_folds(f"{dataset}_3fold")
+        if name not in table:
+            raise ValueError(f"{dataset}_3fold.csv has no part for subject {name!r}")
+        folds[subject] = table[name]
+    return folds
+
+
 def make_folds(subjects: Iterable[str], scheme: str = "loso", k: int = 5, seed: int = 0,
                sizes: Mapping[str, int] | None = None) -> dict[str, int]:
-    """scheme: 'loso', 'kfold', 'lodo' (leave one dataset out), or the name/path of a fixed fold list."""
+    """scheme: 'loso', 'kfold', 'lodo' (leave one dataset out), 'published' (each dataset's own fold list), or the
+    name/path of a fixed fold list."""
     if scheme == "loso":
         return loso_folds(subjects)
+    if scheme == "published":
+        return published_folds(subjects)
     if scheme == "lodo":
         return lodo_folds(subjects)
     if scheme == "kfold":
