@@ -216,6 +216,7 @@ class MEGraphAU(nn.Module):
         if stage not in (1, 2):
             raise ValueError(f"ME-GraphAU stage must be 1 or 2, got {stage}")
         self.num_aus, self.stage = num_aus, stage
+        self.backbone_name, self.backbone_kwargs = backbone, dict(backbone_kwargs)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs)
         channels = self.backbone.num_features
         # the official reduction: a quarter of a CNN's width, half of a transformer's

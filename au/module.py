@@ -56,7 +56,8 @@ class AUModule(TaskModule):
         stage: 1 (ANFL) or 2 (MEFL, the full model). neighbours: K of stage 1's graph (4 BP4D, 3 DISFA).
         metric: stage 1's node similarity (dots, cosine, l1).
         pretrained: local backbone weights (timm key layout, e.g. ImageNet ResNet-50 or an MAE-style ViT).
-        init_from: a stage-1 checkpoint to start stage 2 from (backbone, AU feature generators, read-out).
+        init_from: a whole ME-GraphAU checkpoint to start from: a stage-1 run for stage 2 (backbone, AU feature
+            generators, read-out), or an official release of the same stage (loaded key for key).
         edge_weight: weight of the edge loss (stage 2; the official BP4D 0.05, DISFA 0.01).
         intensity_weight: weight of the masked intensity regression (L1 on 0-5, divided by 5).
         threshold: occurrence threshold on the probability.
@@ -94,12 +95,12 @@ class AUModule(TaskModule):
 
     # --- weights and loss weights ---
     def load_initial_weights(self) -> None:
-        from au.weights import load_backbone, load_stage_one
+        from au.weights import load_backbone, load_graph_checkpoint
 
         if self.hparams.pretrained:
-            load_backbone(self.net, self.hparams.backbone, self.hparams.pretrained)
+            load_backbone(self.net, self.hparams.pretrained)
         if self.hparams.init_from:
-            load_stage_one(self.net, self.hparams.init_from)
+            load_graph_checkpoint(self.net, self.hparams.init_from)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

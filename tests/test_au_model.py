@@ -93,3 +93,34 @@ def test_stage_two_exports_and_matches_onnx_runtime(tmp_path):
     got = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_an_official_release_loads_key_for_key(tmp_path):
+    from au.weights import load_graph_checkpoint
+
+    torch.manual_seed(1)
+    source = MEGraphAU(5, "resnet18", stage=2)
+    official = {f"module.{k}": v for k, v in source.state_dict().items() if "intensity" not in k}
+    torch.save({"epoch": 20, "state_dict": official}, tmp_path / "MEFARG_resnet18_BP4D_fold1.pth")
+    target = MEGraphAU(5, "resnet18", stage=2)
+    load_graph_checkpoint(target, str(tmp_path / "MEFARG_resnet18_BP4D_fold1.pth"))
+    for key, value in source.state_dict().items():
+        if "intensity" not in key:
+            assert torch.equal(target.state_dict()[key], value), key
+    del official["module.head.gnn.E2.weight"]
+    torch.save({"state_dict": official}, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="head.gnn.E2.weight"):
+        load_graph_checkpoint(MEGraphAU(5, "resnet18", stage=2), str(tmp_path / "broken.pth"))
+
+
+def test_a_vit_backbone_loads_a_local_file_in_timm_layout(tmp_path):
+    import timm
+
+    from au.weights import load_backbone
+
+    torch.manual_seed(2)
+    encoder = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64)
+    torch.save(encoder.state_dict(), tmp_path / "mae_vit_tiny.pth")
+    model = MEGraphAU(4, "vit_tiny_patch16_224", stage=1, img_size=64)
+    load_backbone(model, str(tmp_path / "mae_vit_tiny.pth"))
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
