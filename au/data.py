@@ -22,12 +22,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
-from common.data import DATASETS, report_left_out
-from common.data.align import AlignSettings, preprocessing_record
+from common.data import report_left_out
+from common.data.align import AlignSettings
 from common.data.cache import AlignedFrames, FrameSettings, open_source, source_root
 from common.data.records import Sample, sample_name
-from common.datamodule import (TaskDataModule, check_choice, check_fraction, dataset_sources, datasets_from_roots,
-                               subject_ranges)
+from common.datamodule import (TaskDataModule, check_choice, check_fraction, chosen_parts, dataset_sources,
+                               datasets_from_roots, subject_ranges)
+from common.datamodule import dataset_names as common_dataset_names
 from common.labels import au_name, au_set
 
 UNKNOWN = 9
@@ -168,12 +169,6 @@ class AUDataModule(TaskDataModule):
     def frame_settings(self) -> FrameSettings:
         return FrameSettings(AlignSettings(size=self.image_size, margin=self.margin), span="interval")
 
-    @property
-    def preprocessing(self) -> dict:
-        record = preprocessing_record(self.frame_settings.align)
-        if self.datasets == ["synthetic"]:
-            record["face_detector"] = "none (synthetic faces are rendered centred and upright)"
-        return record
 
     @classmethod
     def dataset_parts(cls, dataset: str) -> list[str]:
@@ -246,14 +241,9 @@ class AUDataModule(TaskDataModule):
                 "names": [sample_name(frames.samples[i], root) for i, _ in kept]}
 
     def frames_of(self, parts: list[dict], chosen: Sequence[int]) -> Dataset | None:
-        sets, offset, chosen = [], 0, set(chosen)
-        for part in parts:
-            mine = [k for k in range(len(part["rows"])) if offset + k in chosen]
-            offset += len(part["rows"])
-            if mine:
-                sets.append(AUFrames(part["frames"], [part["rows"][k][0] for k in mine],
-                                     [part["rows"][k][1] for k in mine], [part["names"][k] for k in mine],
-                                     [part["subjects"][k] for k in mine], self.image_size))
+        sets = [AUFrames(part["frames"], [part["rows"][k][0] for k in mine], [part["rows"][k][1] for k in mine],
+                         [part["names"][k] for k in mine], [part["subjects"][k] for k in mine], self.image_size)
+                for part, mine in chosen_parts(parts, chosen)]
         if not sets:
             return None
         return sets[0] if len(sets) == 1 else ConcatDataset(sets)
@@ -262,29 +252,8 @@ class AUDataModule(TaskDataModule):
     def validates(self) -> bool:
         return self.val_fraction > 0
 
-    def train_dataloader(self):
-        return self.loader(self.train_set, train=True)
 
-    def val_dataloader(self):
-        return [] if self.val_set is None else self.loader(self.val_set, train=False)
-
-    def test_dataloader(self):
-        return self.loader(self.test_set, train=False)
-
-    def predict_dataloader(self):
-        return self.loader(self.test_set, train=False)
-
-
-def real_datasets() -> list[str]:
-    return sorted(name.split("/", 1)[1] for name in DATASETS if name.startswith("au/"))
 
 
 def dataset_names(dataset: str | Sequence[str]) -> list[str]:
-    import au.parsers  # noqa: F401 -- registers the parsers
-
-    names = [n.strip() for n in (dataset.split("+") if isinstance(dataset, str) else dataset) if n.strip()]
-    known = ["synthetic", *real_datasets()]
-    unknown = [n for n in names if n not in known]
-    if not names or unknown or ("synthetic" in names and len(names) > 1) or len(set(names)) != len(names):
-        raise ValueError(f"--data.dataset {dataset!r}: choose one of {known}, or bp4d+disfa")
-    return names
+    return common_dataset_names("au", dataset)

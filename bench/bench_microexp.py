@@ -49,7 +49,6 @@ def data_rates(clips: int, seconds: float = 3.0) -> dict[str, float]:
     from common.synth.formats.microexp import write_casme2
     from microexp.data import MicroClips
     from microexp.flow import roi_flow_features
-    import microexp.parsers  # noqa: F401 -- registers the parsers
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "casme2"

@@ -20,6 +20,7 @@ class TaskDataModule(L.LightningDataModule):
 
     dataset_name: str = "data"
     fold: int | None = None
+    train_set = val_set = test_set = None
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, seed: int = 0):
         super().__init__()
@@ -41,6 +42,29 @@ class TaskDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    @property
+    def preprocessing(self) -> dict:
+        """How a face reaching the model was made (exported as model metadata); needs `frame_settings`."""
+        from common.data.align import preprocessing_record
+
+        record = preprocessing_record(self.frame_settings.align)
+        if getattr(self, "datasets", None) == ["synthetic"]:
+            record["face_detector"] = "none (synthetic faces are rendered centred and upright)"
+        return record
+
+    # --- loaders over train_set / val_set / test_set (val_set None: no validation) ---
+    def train_dataloader(self):
+        return self.loader(self.train_set, train=True)
+
+    def val_dataloader(self):
+        return [] if self.val_set is None else self.loader(self.val_set, train=False)
+
+    def test_dataloader(self):
+        return self.loader(self.test_set, train=False)
+
+    def predict_dataloader(self):
+        return self.loader(self.test_set, train=False)
 
     @classmethod
     def dataset_parts(cls, dataset: str) -> list[str]:
@@ -80,6 +104,35 @@ def subject_ranges(counts: Sequence[int], start: int = 0) -> list[list[int]]:
         blocks.append(list(range(first, first + count)))
         first += count
     return blocks
+
+
+def dataset_names(task: str, dataset: str | Sequence[str], composites: Sequence[str] = ()) -> list[str]:
+    """The datasets a `--data.dataset` value names (a list, or names joined by '+'), checked against the task's
+    registered parsers: `synthetic` alone, no name twice."""
+    from common.data import DATASETS, _import_task_parsers
+
+    _import_task_parsers(task)
+    known = ["synthetic", *sorted(n.split("/", 1)[1] for n in DATASETS if n.startswith(f"{task}/")), *composites]
+    names = [n.strip() for n in (dataset.split("+") if isinstance(dataset, str) else dataset) if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise ValueError(f"--data.dataset {dataset!r}: unknown {unknown or 'empty'}; choose from {known}")
+    if "synthetic" in names and len(names) > 1:
+        raise ValueError("--data.dataset: the synthetic data cannot be trained jointly with real datasets")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--data.dataset {dataset!r} names a dataset twice")
+    return names
+
+
+def chosen_parts(parts: Sequence[dict], chosen: Sequence[int]) -> list[tuple[dict, list[int]]]:
+    """The rows of each part (`part["rows"]`) whose positions in the parts' joint list are `chosen`."""
+    selected, offset, chosen = [], 0, set(chosen)
+    for part in parts:
+        mine = [k for k in range(len(part["rows"])) if offset + k in chosen]
+        offset += len(part["rows"])
+        if mine:
+            selected.append((part, mine))
+    return selected
 
 
 def check_choice(flag: str, value, choices: Sequence) -> None:

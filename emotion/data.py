@@ -22,14 +22,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
-from common.data.align import AlignSettings, preprocessing_record
+from common.data.align import AlignSettings
 from common.data.cache import AlignedFrames, FrameSettings, is_cache, open_source, source_root
 from common.data.records import Sample, sample_name
 from common.data.sampling import ClassBalancedSampler, stratified_subset
 from common.datamodule import (TaskDataModule, check_choice, check_fraction, dataset_sources, datasets_from_roots,
                                subject_ranges)
+from common.datamodule import dataset_names as common_dataset_names
 from common.data import report_left_out
-from emotion.parsers import DATASETS, EMOTION_CLASSES, SPLITS
+from emotion.parsers import EMOTION_CLASSES, SPLITS
 
 FERPLUS_MODES = ("majority", "soft")
 
@@ -174,13 +175,6 @@ class EmotionDataModule(TaskDataModule):
         """Emotion images are face crops already (or come with a face box): resize, never detect."""
         return FrameSettings(AlignSettings(size=self.image_size, margin=0.0, detector="none"))
 
-    @property
-    def preprocessing(self) -> dict:
-        """How a face reaching the model was made (exported as model metadata)."""
-        record = preprocessing_record(self.frame_settings.align)
-        if self.datasets == ["synthetic"]:
-            record["face_detector"] = "none (synthetic faces are rendered centred and upright)"
-        return record
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -247,14 +241,6 @@ class EmotionDataModule(TaskDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         return ClassBalancedSampler(labels_of(self.train_set), replicas, rank, seed=self.seed)
 
-    def val_dataloader(self):
-        return self.loader(self.val_set, train=False)
-
-    def test_dataloader(self):
-        return self.loader(self.test_set, train=False)
-
-    def predict_dataloader(self):
-        return self.loader(self.test_set, train=False)
 
 
 def official_split(sample: Sample) -> str:
@@ -274,18 +260,5 @@ def join(sets: list[Dataset]) -> Dataset:
     return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
-def real_datasets() -> list[str]:
-    return sorted(name.split("/", 1)[1] for name in DATASETS if name.startswith("emotion/"))
-
-
 def dataset_names(dataset: str | Sequence[str]) -> list[str]:
-    names = [n.strip() for n in (dataset.split("+") if isinstance(dataset, str) else dataset) if n.strip()]
-    known = ["synthetic", *real_datasets()]
-    unknown = [n for n in names if n not in known]
-    if not names or unknown:
-        raise ValueError(f"--data.dataset {dataset!r}: unknown {unknown or 'empty'}; choose from {known}")
-    if "synthetic" in names and len(names) > 1:
-        raise ValueError("--data.dataset: the synthetic faces cannot be trained jointly with real datasets")
-    if len(set(names)) != len(names):
-        raise ValueError(f"--data.dataset {dataset!r} names a dataset twice")
-    return names
+    return common_dataset_names("emotion", dataset)

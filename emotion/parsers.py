@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import DATASETS, register_dataset, report_left_out
+from common.data import register_dataset, report_left_out
 from common.data.readers import FrameSource, ReadError, register_reader
 from common.data.records import Interval, Sample
 from common.data.sheets import AnnotationError, MissingImageError, csv_rows, find_file, integer, number, row_error
@@ -291,7 +291,3 @@ def npy_code(path: Path) -> int:
 
 def _natural(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def real_datasets() -> list[str]:
-    return sorted(name.split("/", 1)[1] for name in DATASETS if name.startswith("emotion/"))

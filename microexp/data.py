@@ -19,13 +19,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
-from common.data import DATASETS, report_left_out
-from common.data.align import AlignSettings, preprocessing_record
+from common.data import report_left_out
+from common.data.align import AlignSettings
 from common.data.cache import AlignedFrames, FrameSettings, open_source, source_root
 from common.data.clips import clip_positions, gather_clip
 from common.data.records import Interval, Sample, sample_name
-from common.datamodule import (TaskDataModule, check_choice, check_fraction, dataset_sources, datasets_from_roots,
-                               per_dataset)
+from common.datamodule import (TaskDataModule, check_choice, check_fraction, chosen_parts, dataset_sources,
+                               datasets_from_roots, per_dataset)
+from common.datamodule import dataset_names as common_dataset_names
 from common.labels import class_names, word_map
 from microexp.flow import FLOW_METHODS, FlowFeatureCache, roi_flow_features
 from microexp.parsers import FPS
@@ -259,9 +260,7 @@ class MicroExpDataModule(TaskDataModule):
 
     @property
     def preprocessing(self) -> dict:
-        record = preprocessing_record(self.frame_settings.align)
-        if self.datasets == ["synthetic"]:
-            record["face_detector"] = "none (synthetic faces are rendered centred and upright)"
+        record = super().preprocessing
         fps = {name: FPS.get(name, 200.0) for name in self.datasets}
         record["fps"] = fps
         record["clip_sampling"] = (f"{self.clip_length} frames, " + ("uniform from onset to offset (interpolated "
@@ -332,43 +331,17 @@ class MicroExpDataModule(TaskDataModule):
 
     def clips(self, parts: list[dict], chosen: Sequence[int], train: bool) -> Dataset:
         """The chosen positions of the joint sample list, as one dataset per source joined together."""
-        sets, offset, chosen = [], 0, set(chosen)
-        for part in parts:
-            mine = [k for k in range(len(part["rows"])) if offset + k in chosen]
-            offset += len(part["rows"])
-            if mine:
-                sets.append(MicroClips(part["frames"], [part["rows"][k][0] for k in mine],
-                                       [part["rows"][k][1] for k in mine], [part["names"][k] for k in mine],
-                                       [part["subjects"][k] for k in mine], self.clip_length, self.sampling,
-                                       self.image_size, train))
+        sets = [MicroClips(part["frames"], [part["rows"][k][0] for k in mine], [part["rows"][k][1] for k in mine],
+                           [part["names"][k] for k in mine], [part["subjects"][k] for k in mine], self.clip_length,
+                           self.sampling, self.image_size, train)
+                for part, mine in chosen_parts(parts, chosen)]
         return sets[0] if len(sets) == 1 else JointClips(sets)
 
-    # --- loaders ---
-    def train_dataloader(self):
-        return self.loader(self.train_set, train=True)
 
-    def val_dataloader(self):
-        return [] if self.val_set is None else self.loader(self.val_set, train=False)
-
-    def test_dataloader(self):
-        return self.loader(self.test_set, train=False)
-
-    def predict_dataloader(self):
-        return self.loader(self.test_set, train=False)
-
-
-def real_datasets() -> list[str]:
-    return sorted(name.split("/", 1)[1] for name in DATASETS if name.startswith("microexp/"))
 
 
 def dataset_names(dataset: str | Sequence[str]) -> list[str]:
-    names = [n.strip() for n in (dataset.split("+") if isinstance(dataset, str) else dataset) if n.strip()]
-    known = ["synthetic", *real_datasets(), *COMPOSITES]
-    unknown = [n for n in names if n not in known]
-    if not names or unknown:
-        raise ValueError(f"--data.dataset {dataset!r}: unknown {unknown or 'empty'}; choose from {known}")
-    if "synthetic" in names and len(names) > 1:
-        raise ValueError("--data.dataset: the synthetic clips cannot be trained jointly with real datasets")
+    names = common_dataset_names("microexp", dataset, composites=tuple(COMPOSITES))
     expanded = [part for n in names for part in COMPOSITES.get(n, (n,))]
     if len(set(expanded)) != len(expanded):
         raise ValueError(f"--data.dataset {dataset!r} names a dataset twice")

@@ -69,7 +69,7 @@ def test_icc_3_1_of_known_cases():
     # Shrout & Fleiss's formula by hand for a small table
     a, b = np.array([1.0, 2.0, 4.0, 3.0]), np.array([2.0, 2.0, 5.0, 2.0])
     ratings = np.stack([a, b], 1)
-    grand, n = ratings.mean(), 4
+    grand = ratings.mean()
     ms_r = 2 * ((ratings.mean(1) - grand) ** 2).sum() / 3
     ss_e = ((ratings - ratings.mean(1, keepdims=True) - ratings.mean(0) + grand) ** 2).sum()
     ms_e = ss_e / 3

@@ -139,11 +139,13 @@ def test_a_fold_tests_on_its_own_subjects_and_validates_on_training_subjects():
 
 def test_default_root_dir_holds_the_whole_run(tmp_path):
     root = tmp_path / "lightning_root"
+    before = set((REPO / "runs").rglob("*")) if (REPO / "runs").exists() else set()
     main(["--task", "emotion", "fit", *TINY_EMOTION, "--trainer.default_root_dir", str(root), "--run.wandb", "false",
           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"])
     run = next(root.glob("emotion/*/version_0"))
     assert {"config.yaml", "metrics.csv", "checkpoints", "figures"} <= {p.name for p in run.iterdir()}
-    assert not (REPO / "runs").exists() or not any((REPO / "runs").glob("emotion/*/version_*/wandb_run_id"))
+    after = set((REPO / "runs").rglob("*")) if (REPO / "runs").exists() else set()
+    assert after == before, "nothing may be written to the default runs/ folder"
 
 
 def test_resume_appends_to_the_metrics_and_continues_the_wandb_run(tmp_path):

@@ -1,7 +1,6 @@
-"""Clip sampling edge cases, subject splits, clip-consistent augmentation."""
+"""Clip sampling edge cases and subject splits."""
 import numpy as np
 import pytest
-import torch
 
 from common.data.clips import clip_positions, gather_clip, sliding_windows, window_positions
 from common.data.records import Interval

@@ -161,7 +161,6 @@ def dataset_trees(tmp_path_factory) -> dict:
 def test_recipe_fits_on_its_datasets_in_their_real_format(name, dataset_trees, tmp_path, capsys):
     """`--config <recipe> --data.root <tree>` as a user runs it, on trees written in each dataset's format."""
     datasets = printed_config(name, capsys)["data"]["init_args"]["dataset"]
-    roots = [str(dataset_trees[d]) for d in (datasets if isinstance(datasets, list) else [datasets])]
     names = datasets if isinstance(datasets, list) else [datasets]
     root = str(dataset_trees[names[0]]) if len(names) == 1 else \
         yaml.safe_dump({d: str(dataset_trees[d]) for d in names}, default_flow_style=True).strip()

@@ -7,9 +7,8 @@ sheet counts differently (DISFA labels start at 1) converts once, here, so no la
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
