@@ -16,7 +16,7 @@ from au.model import MEGraphAU
 from common.augment import Normalize, build_augmentation, to_float
 from common.figures import per_class_figure, publish
 from common.module import TaskModule, preprocessing_metadata
-from common.predictions import ID_COLUMNS, PREDICTIONS_FILE, write_rows
+from common.predictions import ID_COLUMNS, write_joined
 
 # ME-GraphAU's training transform: a 224 crop of the 256 face at a random place, a flip, colour jitter 0.4
 AU_AUGMENTATION = {"crop": {"size": 224}, "hflip": {},
@@ -193,15 +193,10 @@ class AUModule(TaskModule):
         return tensor.numpy()
 
     def _write_rows(self) -> None:
-        from pathlib import Path
-
-        out_dir = self.trainer.log_dir
+        """Every rank takes part (the join waits for all of them), with or without rows of its own."""
         rows, self._rows = self._rows, []
-        if out_dir is None or not rows:
-            return
-        path = Path(out_dir) / (PREDICTIONS_FILE if self.trainer.world_size == 1 else
-                                f"predictions.rank{self.trainer.global_rank}.csv")
-        write_rows(path, list(rows[0]), rows)
+        labelled = bool(rows) and f"{self.class_names[0]}_label" in rows[0]
+        write_joined(self.trainer, prediction_columns(self.class_names, labelled or not rows), rows)
 
     # --- export ---
     def export_wrapper(self, activation: bool = True) -> nn.Module:
@@ -252,6 +247,15 @@ def intensity_scores(stage: str, stats: dict, names: Sequence[str]) -> dict[str,
     if not maes:
         return {}
     return {f"{stage}/icc": float(np.nanmean(iccs)) if not np.all(np.isnan(iccs)) else 0.0, f"{stage}/mae": float(np.mean(maes))}
+
+
+PER_AU = ("c", "r", "r_raw", "p")
+PER_AU_LABELS = ("label", "mask", "r_label", "r_mask")
+
+
+def prediction_columns(names: Sequence[str], labelled: bool = True) -> list[str]:
+    fields = PER_AU + (PER_AU_LABELS if labelled else ())
+    return [*ID_COLUMNS, *(f"{name}_{field}" for name in names for field in fields)]
 
 
 def prediction_rows(batch: dict, out: dict, names: Sequence[str], threshold: float) -> list[dict]:

@@ -44,24 +44,30 @@ class PredictionWriter:
 
     def write(self, trainer) -> Path | None:
         """Write (and under DDP join) the rows collected on every rank; returns the file on rank 0."""
-        out_dir = trainer.log_dir  # a collective under DDP: every rank asks
         rows, self.rows = self.rows, []
-        if out_dir is None:
-            return None
-        final = Path(out_dir) / PREDICTIONS_FILE
-        if trainer.world_size == 1:
-            write_rows(final, self.columns, rows)
-            return final
-        part = Path(out_dir) / f"predictions.rank{trainer.global_rank}.csv"
-        write_rows(part, self.columns, rows)
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
-            parts = [Path(out_dir) / f"predictions.rank{r}.csv" for r in range(trainer.world_size)]
-            write_rows(final, self.columns, unique_rows(row for p in parts for row in read_predictions(p)))
-            for p in parts:
-                p.unlink()
-        trainer.strategy.barrier()
-        return final if trainer.is_global_zero else None
+        return write_joined(trainer, self.columns, rows)
+
+
+def write_joined(trainer, columns: Sequence[str], rows: list[dict]) -> Path | None:
+    """`predictions.csv` in the run directory from every rank's rows (each rank writes its part, rank 0 joins
+    them and drops the repeats a distributed sampler pads with); returns the file on rank 0."""
+    out_dir = trainer.log_dir  # a collective under DDP: every rank asks
+    if out_dir is None:
+        return None
+    final = Path(out_dir) / PREDICTIONS_FILE
+    if trainer.world_size == 1:
+        write_rows(final, columns, rows)
+        return final
+    part = Path(out_dir) / f"predictions.rank{trainer.global_rank}.csv"
+    write_rows(part, columns, rows)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        parts = [Path(out_dir) / f"predictions.rank{r}.csv" for r in range(trainer.world_size)]
+        write_rows(final, columns, unique_rows(row for p in parts for row in read_predictions(p)))
+        for p in parts:
+            p.unlink()
+    trainer.strategy.barrier()
+    return final if trainer.is_global_zero else None
 
 
 def hard_labels(target, count: int) -> list[int]:
