@@ -114,7 +114,7 @@ class SyntheticAUFrames(Dataset):
         return np.ones((len(self), len(self.columns)), bool)
 
     def activations(self, i: int) -> np.ndarray:
-        return self.faces[i]["target"].numpy()[self.columns]
+        return self.faces.activations(i)[self.columns]
 
     def __getitem__(self, i: int) -> dict:
         from common.synth import AU_INTENSITY_SCALE, AU_OCCURRENCE_THRESHOLD

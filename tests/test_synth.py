@@ -293,6 +293,11 @@ def test_emotion_dataset_same_in_worker_processes():
     assert torch.equal(images, torch.stack([ds[i]["input"] for i in range(4)]))
 
 
+def test_au_labels_are_known_without_rendering():
+    ds = SyntheticAUDataset([3, 4], per_subject=3, size=32, seed=5)
+    assert all(np.array_equal(ds.activations(i), ds[i]["target"].numpy()) for i in range(len(ds)))
+
+
 def test_au_dataset_returns_au_vector():
     item = SyntheticAUDataset([2], per_subject=2, size=32)[1]
     image, target = item["input"], item["target"]

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .face import AUS, rng_for
-from .samples import EMOTIONS, au_sample, emotion_sample
+from .samples import EMOTIONS, au_activations, au_sample, emotion_sample
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -99,6 +99,12 @@ class SyntheticAUDataset(_SubjectGrid):
     def __init__(self, subjects: Sequence[int], per_subject: int, size: int = 256, seed: int = 0):
         super().__init__(subjects, per_subject, size, seed)
         self.aus = AUS
+
+    def activations(self, i: int) -> np.ndarray:
+        """Item i's target without rendering its face."""
+        i = self._check_index(i)
+        labels = au_activations(self.subject_of(i), self._sample_seed(i, 0xD2))
+        return np.array([labels[au] for au in AUS], dtype=np.float32)
 
     def __getitem__(self, i: int) -> dict:
         i = self._check_index(i)

@@ -138,11 +138,20 @@ def au_sample(subject: int, seed: int, size: int = 256) -> tuple[np.ndarray, dic
     """A face with random sparse AU activations. Returns the image and {AU: activation} for every AU
     in AUS (0.0 when absent). activation * AU_INTENSITY_SCALE is the FACS 0-5 intensity; an AU occurs
     when activation >= AU_OCCURRENCE_THRESHOLD."""
-    rng = rng_for(0xA0, subject, seed)
-    active = _make_consistent(_random_au_set(rng))
-    labels = {au: round(float(active.get(au, 0.0)), 4) for au in AUS}
+    labels, rng = _au_labels(subject, seed)
     image = render_face(labels, subject, size=size, seed=int(rng.integers(2 ** 62)))
     return image, labels
+
+
+def au_activations(subject: int, seed: int) -> dict[int, float]:
+    """The labels `au_sample(subject, seed)` renders, without rendering the face."""
+    return _au_labels(subject, seed)[0]
+
+
+def _au_labels(subject: int, seed: int) -> tuple[dict[int, float], np.random.Generator]:
+    rng = rng_for(0xA0, subject, seed)
+    active = _make_consistent(_random_au_set(rng))
+    return {au: round(float(active.get(au, 0.0)), 4) for au in AUS}, rng
 
 
 def au_occurrence(aus: Mapping[int, float]) -> dict[int, int]:
