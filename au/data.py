@@ -19,7 +19,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
 from common.data import report_left_out
@@ -208,10 +207,7 @@ class AUDataModule(TaskDataModule):
             raise ValueError(f"--data.fold: {self.dataset_name} is evaluated by subject folds; pass --data.fold 0, 1 "
                              f"or 2 (the published 3-fold protocol)")
         parts = [self.labelled(name, source) for name, source in zip(self.datasets, self.sources)]
-        subjects = [s for part in parts for s in part["subjects"]]
-        split = self.subject_fold(subjects, self.fold_scheme, self.num_folds, self.val_fraction)
-        rank_zero_info(f"{self.dataset_name} fold {self.fold}: {len(split.test_subjects)} test, "
-                       f"{len(split.val_subjects)} validation, {len(split.train_subjects)} training subjects")
+        split = self.split_parts(parts)
         self.train_set, self.val_set, self.test_set = (self.frames_of(parts, rows) for rows in (split.train, split.val, split.test))
 
     def _setup_synthetic(self) -> None:

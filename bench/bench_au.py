@@ -21,6 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import seconds_per_step  # noqa: E402
+
 BP4D_FOLD_TRAIN_FRAMES = 2 * 140_000 // 3  # two of the three parts of the about 140,000 labelled BP4D frames
 EPOCHS, GPUS, RTX4090_BF16_TFLOPS, UTILISATION = 20, 2, 165.0, 0.30
 
@@ -53,11 +55,7 @@ def training_rate(module, batch: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    return batch / seconds_per_step(step, steps)
 
 
 def ort_latency_ms(module, threads: int, runs: int = 10) -> float:

@@ -28,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import seconds_per_step  # noqa: E402
+
 CONFIGS = {  # name -> (arch, frozen, image size)
     "videomae_s frozen": ("videomae_s", True, 224),
     "videomae_s unfrozen": ("videomae_s", False, 224),
@@ -98,11 +100,7 @@ def training_rate(arch: str, frozen: bool, size: int, steps: int, batch: int = 2
         loss.backward()
         optimizer.step()
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    elapsed = (time.perf_counter() - start) / steps
+    elapsed = seconds_per_step(step, steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux -> MB
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"clips_per_s": batch / elapsed, "seconds_per_step": elapsed, "peak_mb": peak, "trainable": trainable}

@@ -82,6 +82,16 @@ class TaskDataModule(L.LightningDataModule):
         """Task-specific counts `python -m common.inspect` adds to its report (none by default)."""
         return {}
 
+    def split_parts(self, parts: Sequence[dict]) -> Split:
+        """Fold `self.fold` over the subjects of labelled dataset parts (`part["subjects"]`, one per row), logged."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        subjects = [s for part in parts for s in part["subjects"]]
+        split = self.subject_fold(subjects, self.fold_scheme, self.num_folds, self.val_fraction)
+        rank_zero_info(f"{self.dataset_name} fold {self.fold}: test subjects {split.test_subjects}, "
+                       f"{len(split.val_subjects)} validation and {len(split.train_subjects)} training subjects")
+        return split
+
     def subject_fold(self, subjects: Sequence[str], scheme: str, k: int, val_fraction: float) -> Split:
         """Fold `self.fold` of a subject split; validation subjects come from its training subjects only.
 

@@ -16,7 +16,6 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, Dataset
 
 from common.data import report_left_out
@@ -302,10 +301,7 @@ class MicroExpDataModule(TaskDataModule):
             raise ValueError(f"--data.fold: {self.dataset_name} has no official split; pass the held-out fold "
                              f"(--data.fold K with --data.fold_scheme {self.fold_scheme})")
         parts = [self.labelled(name, source) for name, source in zip(self.datasets, self.sources)]
-        subjects = [s for part in parts for s in part["subjects"]]
-        split = self.subject_fold(subjects, self.fold_scheme, self.num_folds, self.val_fraction)
-        rank_zero_info(f"{self.dataset_name} fold {self.fold}: test subjects {split.test_subjects}, "
-                       f"{len(split.val_subjects)} validation and {len(split.train_subjects)} training subjects")
+        split = self.split_parts(parts)
         self.train_set = self.clips(parts, split.train, train=self.inputs == "clips")
         self.val_set = self.clips(parts, split.val, train=False) if split.val else None
         self.test_set = self.clips(parts, split.test, train=False)
