@@ -47,10 +47,10 @@ class Contract:
         return [spec.name for spec in self.outputs]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """Every symbolic axis stays dynamic in the graph (the batch axis, at least)."""
+        """The batch axis N and a time axis T written as a symbol stay dynamic in the graph."""
         axes = {}
         for spec in self.inputs + self.outputs:
-            named = {i: dim for i, dim in enumerate(spec.shape) if dim == "N"}
+            named = {i: dim for i, dim in enumerate(spec.shape) if dim in ("N", "T")}
             if named:
                 axes[spec.name] = named
         return axes

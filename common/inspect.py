@@ -5,7 +5,8 @@ counts (in the task's default class scheme), per-dataset parts of a joint set or
 that cannot be opened: read this before a week of training is spent. `--json` prints one object with the keys
 `samples`, `subjects` (a count), `classes` ({name: count}), `by_dataset` ({name: the same keys}), `left_out`
 ({reason: count}), `frames_missing`, `unreadable` ([messages]), and what a task adds (action units: `au_positive`
-and `au_unknown`, {"AU01": count}).
+and `au_unknown`, {"AU01": count}; spotting: `classes` counts intervals by type, plus `macro`, `micro` and
+`videos`).
 """
 from __future__ import annotations
 
@@ -77,18 +78,21 @@ def check_media(samples: Sequence, name: str, progress: bool) -> dict:
 def merge(parts) -> dict:
     parts = list(parts)
     classes, left_out = Counter(), Counter()
-    extra: dict[str, Counter] = {}
+    extra: dict[str, Counter | int] = {}
     for part in parts:
         classes.update(part["classes"])
         left_out.update(part["left_out"])
         for key, counts in part.items():
-            if key not in BASE_KEYS:
-                extra.setdefault(key, Counter()).update(counts)
+            if key not in BASE_KEYS and key != "by_dataset":
+                if isinstance(counts, int):
+                    extra[key] = extra.get(key, 0) + counts
+                else:
+                    extra.setdefault(key, Counter()).update(counts)
     return {"samples": sum(p["samples"] for p in parts), "parsed": sum(p["parsed"] for p in parts), "subjects": sum(p["subjects"] for p in parts),
             "classes": dict(sorted(classes.items())), "left_out": dict(sorted(left_out.items())),
             "frames_missing": sum(p["frames_missing"] for p in parts),
             "unreadable": [u for p in parts for u in p["unreadable"]],
-            **{key: dict(sorted(counts.items())) for key, counts in extra.items()}}
+            **{key: counts if isinstance(counts, int) else dict(sorted(counts.items())) for key, counts in extra.items()}}
 
 
 def text(report: dict, dataset: str) -> str:
@@ -101,7 +105,9 @@ def text(report: dict, dataset: str) -> str:
     lines.append(f"frames missing inside annotated intervals: {report['frames_missing']}")
     for key in report:
         if key not in BASE_KEYS and key != "by_dataset":
-            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in report[key].items()))
+            value = report[key]
+            lines.append(f"{key}: " + (str(value) if isinstance(value, int)
+                                       else ", ".join(f"{k} {v}" for k, v in value.items())))
     lines.append(f"sources that cannot be read: {len(report['unreadable'])}")
     lines += [f"  {message}" for message in report["unreadable"][:UNREADABLE_SHOWN]]
     return "\n".join(lines)

@@ -11,6 +11,10 @@ fold are kept in `loso.json` in the output folder, so a crashed fold is re-run a
 aggregate is updated; when every fold of the fold table has its predictions, `run` writes the pooled
 `predictions.csv`, `scores.json`, `subjects.csv` and `subjects.png` there.
 
+A spotting run (whose folds write `ground_truth.csv` beside their submission files) is pooled by
+`spotting.evaluate.pool_folds` instead: `predictions.csv`, `baseline_predictions.csv`, `ground_truth.csv` and
+`scores.json` (MEGC spotting F1 of the learned spotter and of the baseline, counts summed over every fold).
+
 `score` pools prediction files (one row per clip: dataset, subject, sample, label, pred, p_<class>...) and prints
 the MEGC2019 recognition scores: for each class TP, FP and FN summed over all folds, F1 and recall per class,
 averaged over the classes that occur (UF1, UAR); overall and per dataset of a joint set; and a per-subject table.
@@ -334,7 +338,13 @@ def aggregate(manifest: Manifest, out: Path) -> int:
         print(f"{len(done)} of {total if total is not None else '?'} folds done; the pooled scores are written when "
               f"every fold has its predictions", file=sys.stderr)
         return 1
-    rows, classes = pool(Path(manifest.folds[k].test_dir) / PREDICTIONS_FILE for k in range(total))
+    test_dirs = [Path(manifest.folds[k].test_dir) for k in range(total)]
+    if all((d / "ground_truth.csv").is_file() for d in test_dirs):  # interval spotting: MEGC spotting rules
+        from spotting.evaluate import pool_folds
+
+        print("\n".join(pool_folds(test_dirs, out)))
+        return 0
+    rows, classes = pool(d / PREDICTIONS_FILE for d in test_dirs)
     scores = report(rows, classes)
     write_report(out, rows, classes, scores)
     print("\n".join(summary_lines(scores)))

@@ -48,22 +48,24 @@ class PredictionWriter:
         return write_joined(trainer, self.columns, rows)
 
 
-def write_joined(trainer, columns: Sequence[str], rows: list[dict]) -> Path | None:
-    """`predictions.csv` in the run directory from every rank's rows (each rank writes its part, rank 0 joins
-    them and drops the repeats a distributed sampler pads with); returns the file on rank 0."""
+def write_joined(trainer, columns: Sequence[str], rows: list[dict], name: str = PREDICTIONS_FILE,
+                 key: Sequence[str] = ("dataset", "sample")) -> Path | None:
+    """`name` in the run directory from every rank's rows (each rank writes its part, rank 0 joins them and drops
+    the repeats a distributed sampler pads with: rows with the same `key` columns); returns the file on rank 0."""
     out_dir = trainer.log_dir  # a collective under DDP: every rank asks
     if out_dir is None:
         return None
-    final = Path(out_dir) / PREDICTIONS_FILE
+    final = Path(out_dir) / name
     if trainer.world_size == 1:
         write_rows(final, columns, rows)
         return final
-    part = Path(out_dir) / f"predictions.rank{trainer.global_rank}.csv"
+    stem = Path(name).stem
+    part = Path(out_dir) / f"{stem}.rank{trainer.global_rank}.csv"
     write_rows(part, columns, rows)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        parts = [Path(out_dir) / f"predictions.rank{r}.csv" for r in range(trainer.world_size)]
-        write_rows(final, columns, unique_rows(row for p in parts for row in read_predictions(p)))
+        parts = [Path(out_dir) / f"{stem}.rank{r}.csv" for r in range(trainer.world_size)]
+        write_rows(final, columns, unique_rows((row for p in parts for row in read_predictions(p)), key))
         for p in parts:
             p.unlink()
     trainer.strategy.barrier()
@@ -77,17 +79,18 @@ def hard_labels(target, count: int) -> list[int]:
     return (target.argmax(-1) if target.ndim == 2 else target).long().tolist()
 
 
-def unique_rows(rows) -> list[dict]:
+def unique_rows(rows, key: Sequence[str] = ("dataset", "sample")) -> list[dict]:
     seen, kept = set(), []
     for row in rows:
-        key = (row["dataset"], row["sample"])
-        if key not in seen:
-            seen.add(key)
+        value = tuple(row[k] for k in key)
+        if value not in seen:
+            seen.add(value)
             kept.append(row)
     return kept
 
 
 def write_rows(path: Path, columns: Sequence[str], rows) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()

@@ -51,6 +51,10 @@ TASKS: dict[str, TaskSpec] = {
                                                ("data.class_groups", "model.init_args.class_groups"))),
         TaskSpec("au", "au.module.AUModule", "au.data.AUDataModule", "au.contract.CONTRACT", "au/synthetic.yaml",
                  links=CLASSIFICATION_LINKS),
+        TaskSpec("spotting", "spotting.module.SpottingModule", "spotting.data.SpottingDataModule",
+                 "spotting.contract.CONTRACT", "spotting/synthetic.yaml",
+                 links=(("data.feature_dim", "model.init_args.feature_dim"), ("data.features", "model.init_args.features"),
+                        ("data.preprocessing", "model.init_args.preprocessing"))),
     )
 }
 

@@ -13,7 +13,7 @@ are generated for exactly those rows. `real_annotations()` finds the folder of p
     emotion:   write_fer2013, write_ferplus, write_rafdb, write_affectnet, write_affectnet_npy
     microexp:  write_casme2, write_samm, write_smic, write_casme3
     au:        write_bp4d, write_disfa
-    spotting:  write_casme2_lv, write_samm_lv
+    spotting:  write_casme2_lv, write_samm_lv, write_casme3_lv
 """
 from __future__ import annotations
 

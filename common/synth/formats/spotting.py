@@ -201,3 +201,56 @@ def _synthetic_samm_lv(subjects: int, seed: int, seconds: float, fps: float) -> 
                          offset, round(offset - onset + 1, 1), kind,
                          "+".join(str(au) for au in sorted(event.aus)) or "4", None])
     return body
+
+
+# ---------------------------------------------------------------- CAS(ME)³ Part A long videos
+
+CASME3_LV_SHEET = "annotation/casme3_partA_v2.xlsx"
+CASME3_LV_MAIN = "AU+Emotion"
+CASME3_LV_HEADER = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Expression type", "Objective class"]
+CASME3_LV_DEFAULT_ROWS = (0, 1, 2, 3)
+
+
+def write_casme3_lv(root: Path | str, sheet: Path | str | None = None, rows: Sequence[int] | None = None,
+                    subjects: int = 2, seed: int = 0, size: int = 32, seconds: float = 12.0) -> Written:
+    """Sheet AU+Emotion (numbers stored as text, as in the release) saved as .xlsx (the release's .xls is read by the
+    parser too); frames data/spNO.1/a/color/1.jpg. With `sheet` (the real casme3_partA_v2.xls), `rows` are 0-based
+    data rows of its AU+Emotion sheet."""
+    root = Path(root)
+    body = _real_casme3_lv(Path(sheet), rows) if sheet is not None else _synthetic_casme3_lv(subjects, seed, seconds)
+    target = root / CASME3_LV_SHEET
+    write_xlsx(target, {CASME3_LV_MAIN: [CASME3_LV_HEADER] + body, "eye blink": [["Subject", "Filename", "Onset", "Offset"]]})
+    videos: dict[Path, dict] = {}
+    for number, row in enumerate(body):
+        folder = root / "data" / str(row[0]) / str(row[1]) / "color"
+        onset, apex, offset = (int(frame_cell(v)) for v in row[2:5])
+        interval = Interval(onset, apex if onset <= apex <= offset else None, offset) if offset >= onset else None
+        kind = "micro" if str(row[6]).lower().startswith("micro") else "macro"
+        video = videos.setdefault(folder, {"subject": str(row[0]), "events": [], "last": 0})
+        video["events"].append(_event(interval, kind, row[7], row[5], number))
+        video["last"] = max(video["last"], onset, apex, offset)
+    records = []
+    for v, (folder, video) in enumerate(videos.items()):
+        _write_video(folder, video["events"], video["last"], v + 1, seed + v, size, lambda n: f"{n}.jpg")
+        records.append(Expected("casme3_lv", video["subject"], "frames", folder, None, {"events": video["events"]},
+                                {"fps": 30.0}))
+    return Written(root, records, target, notes=["sheet AU+Emotion, numbers stored as text"])
+
+
+def _real_casme3_lv(sheet: Path, rows: Sequence[int] | None) -> list[list]:
+    from common.data.sheets import _sheet_values
+
+    _, table = _sheet_values(sheet, CASME3_LV_MAIN)
+    body = table[1:]
+    return [list(body[r]) for r in check_rows(rows if rows is not None else CASME3_LV_DEFAULT_ROWS, len(body), sheet)]
+
+
+def _synthetic_casme3_lv(subjects: int, seed: int, seconds: float) -> list[list]:
+    body = []
+    for subject in subject_ids(subjects):
+        video = long_video(subject, seed, fps=30.0, seconds=seconds, size=32)
+        for event in video.events:
+            kind = "Micro-expression" if event.kind == "micro" else "Macro-expression"
+            body.append([f"spNO.{subject}", "a", str(event.onset + 1), str(event.apex + 1), str(event.offset + 1),
+                         "+".join(str(au) for au in sorted(event.aus)) or "4", kind, "III"])
+    return body
