@@ -20,20 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from common.labels import au_name, au_standard
-
-
-def openface_columns(au_prob: np.ndarray, au_intensity: np.ndarray, aus: Sequence[str], threshold: float = 0.5
-                     ) -> dict[str, np.ndarray]:
-    """The two exported outputs [N, K] as OpenFace's named columns: `AU01_c` (0/1), `AU01_r` (0-5; 0 where the AU
-    does not occur), `AU01_p` (probability)."""
-    au_prob, au_intensity = np.asarray(au_prob), np.asarray(au_intensity)
-    columns = {}
-    for k, name in enumerate(aus):
-        occurs = au_prob[:, k] >= threshold
-        columns[f"{name}_c"] = occurs.astype(np.int64)
-        columns[f"{name}_r"] = np.where(occurs, au_intensity[:, k], 0.0)
-        columns[f"{name}_p"] = au_prob[:, k]
-    return columns
+from runtime.decode import openface_columns  # noqa: F401 -- the application's decoding, re-exported
 
 
 def f1_counts(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,151 @@
+"""`python -m runtime VIDEO|CAMERA_INDEX --models DIR --out results.csv [--annotate OUT.mp4]`
+
+Runs every model in DIR (one .onnx per task: emotion, au, microexp, spotting) on each frame's face and writes one
+row per frame to --out: frame, time, face (0 where no face was found: the model columns stay empty), the face box,
+the emotion and its probabilities, the AU columns (AUxx_r, AUxx_c, AUxx_p), the micro-expression class and
+probabilities on frames where a clip completes, and `spotted` on frames where intervals became final. Spotted
+intervals also go to <out>_intervals.csv (vid, onset, offset, type, apex, score, onset_s, offset_s), and with a
+micro-expression model each spotted micro interval is classified into <out>_strs.csv (MEGC2024 STRS columns
+subject, video, onset, offset, emotion). Models replaced in DIR while it runs are picked up (a broken file is
+refused and the old model keeps serving). --annotate writes the video with the face box, the top emotion, the
+active AUs and the spotted intervals drawn on it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from runtime.pipeline import Pipeline, find_models
+
+INTERVAL_COLUMNS = ("vid", "onset", "offset", "type", "apex", "score", "onset_s", "offset_s")
+
+
+def open_capture(source: str) -> tuple[cv2.VideoCapture, float, int]:
+    capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise FileNotFoundError(f"{source}: cannot open the video or camera")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    return capture, float(fps), total
+
+
+class Annotator:
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self.active: list = []
+
+    def draw(self, bgr: np.ndarray, result, fps: float) -> None:
+        image = bgr.copy()
+        if result.box is not None:
+            x, y, w, h = (int(round(v)) for v in result.box)
+            cv2.rectangle(image, (x, y), (x + w, y + h), (0, 255, 0), 1)
+        lines = [] if result.face else ["no face"]
+        if "emotion" in result.columns:
+            lines.append(str(result.columns["emotion"]))
+        aus = [k[:-2] for k, v in result.columns.items() if k.endswith("_c") and v == 1]
+        if aus:
+            lines.append(" ".join(aus))
+        self.active = [i for i in self.active + list(result.intervals) if i.offset + fps >= result.number]
+        lines += [f"{i.type} {i.onset}-{i.offset}" for i in self.active]
+        for k, text in enumerate(lines):
+            cv2.putText(image, text, (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1)
+        self.writer.write(image)
+
+    def close(self) -> None:
+        self.writer.release()
+
+
+def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, detector: str = "auto",
+        watch: bool = True, progress: bool = True) -> dict:
+    capture, fps, total = open_capture(source)
+    models = find_models(models_dir, watch=watch)
+    video = Path(source).stem if not source.isdigit() else f"camera{source}"
+    pipeline = Pipeline(models, fps, detector, subject="", video=video)
+    columns = pipeline.columns()
+    intervals: list = []
+    annotator = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start, frames, last_report = time.monotonic(), 0, 0.0
+    try:
+        with open(out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                if annotate is not None and annotator is None:
+                    annotator = Annotator(annotate, fps, (bgr.shape[1], bgr.shape[0]))
+                result = pipeline.frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), frames)
+                intervals += result.intervals
+                writer.writerow(pipeline.row(result))
+                if annotator is not None:
+                    annotator.draw(bgr, result, fps)
+                frames += 1
+                if progress and time.monotonic() - last_report > 1.0:
+                    last_report = time.monotonic()
+                    rate = frames / max(last_report - start, 1e-9)
+                    done = f"{frames}/{total}" if total else str(frames)
+                    print(f"\r{done} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+        intervals += pipeline.finish()
+    finally:
+        capture.release()
+        if annotator is not None:
+            annotator.close()
+        for model in models.values():
+            model.close()
+    if progress:
+        print(f"\r{frames} frames in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    files = {"frames": out}
+    if "spotting" in models:
+        files["intervals"] = write_intervals(out.with_name(out.stem + "_intervals.csv"), video, intervals, fps)
+    if pipeline.recogniser is not None:
+        from runtime.stream import STRS_COLUMNS, strs_rows
+
+        path = out.with_name(out.stem + "_strs.csv")
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=STRS_COLUMNS)
+            writer.writeheader()
+            writer.writerows(strs_rows(video, video, pipeline.recognised))
+        files["strs"] = path
+    return {"frames": frames, "files": files, "intervals": intervals}
+
+
+def write_intervals(path: Path, video: str, intervals: Sequence, fps: float) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(INTERVAL_COLUMNS)
+        for i in sorted(intervals, key=lambda i: (i.onset, i.type)):
+            writer.writerow([video, i.onset, i.offset, "me" if i.type == "micro" else "mae", i.apex, f"{i.score:.4f}",
+                             f"{i.onset / fps:.3f}", f"{i.offset / fps:.3f}"])
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a video file, or a camera index (0, 1, ...)")
+    parser.add_argument("--models", required=True, type=Path, help="folder of exported .onnx models")
+    parser.add_argument("--out", required=True, type=Path, help="per-frame results CSV")
+    parser.add_argument("--annotate", type=Path, help="also write an annotated video")
+    parser.add_argument("--detector", default="auto", help="face detector: auto, dlib, cascade, none (frames are faces)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        result = run(args.source, args.models, args.out, args.annotate, args.detector)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"runtime: {error}", file=sys.stderr)
+        return 2
+    print(f"{result['frames']} frames -> " + ", ".join(str(p) for p in result["files"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
