@@ -6,7 +6,7 @@ Models are this project's architectures at random initialisation (speed does not
 through common.export: emotion ResNet-18 (224), AU ME-GraphAU ResNet-50 stage 2 with 17 AUs (256), micro-expression
 VideoMAE V2 (--micro; 16x224 clips, one every 8 frames), spotting TCN. The video is a synthetic 30 fps long video at
 256 px; the detector is `none` (the synthetic face fills the frame), so the numbers are the models and the
-preprocessing, not face detection (add dlib's ~20-40 ms per frame for camera frames).
+preprocessing, not face detection.
 Reload: the emotion file is replaced 5 times by atomic rename while a thread calls predict; latency = replace ->
 first answer from the new model; longest call = the slowest predict during the reloads.
 """
