@@ -4,9 +4,9 @@ Runs every model in DIR (one .onnx per task: emotion, au, microexp, spotting) on
 row per frame to --out: frame, time, face (0 where no face was found: the model columns stay empty), the face box,
 the emotion and its probabilities, the AU columns (AUxx_r, AUxx_c, AUxx_p), the micro-expression class and
 probabilities on frames where a clip completes, and `spotted` on frames where intervals became final. Spotted
-intervals also go to <out>_intervals.csv (vid, onset, offset, type, apex, score, onset_s, offset_s), and with a
-micro-expression model each spotted micro interval is classified into <out>_strs.csv (MEGC2024 STRS columns
-subject, video, onset, offset, emotion). Models replaced in DIR while it runs are picked up (a broken file is
+intervals also go to <out>_intervals.csv (vid, onset, offset, type, apex, score, onset_s, apex_s, offset_s), and
+with a micro-expression model each spotted micro interval is classified into <out>_strs.csv (MEGC2024 STRS
+columns subject, video, onset, offset, emotion). Models replaced in DIR while it runs are picked up (a broken file is
 refused and the old model keeps serving). --annotate writes the video with the face box, the top emotion, the
 active AUs and the spotted intervals drawn on it.
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from runtime.pipeline import Pipeline, find_models
 
-INTERVAL_COLUMNS = ("vid", "onset", "offset", "type", "apex", "score", "onset_s", "offset_s")
+INTERVAL_COLUMNS = ("vid", "onset", "offset", "type", "apex", "score", "onset_s", "apex_s", "offset_s")
 
 
 def open_capture(source: str) -> tuple[cv2.VideoCapture, float, int]:
@@ -63,12 +63,22 @@ class Annotator:
         self.writer.release()
 
 
-def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, detector: str = "auto",
-        watch: bool = True, progress: bool = True) -> dict:
+def detector_of(models: dict) -> str:
+    """The detector the models were trained with where their metadata names one this runtime has, else auto."""
+    for model in models.values():
+        named = model.metadata.get("face_detector", "").split(" ")[0]
+        if named in ("dlib", "cascade"):
+            return named
+    return "auto"
+
+
+def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, detector: str | None = None,
+        watch: bool = True, progress: bool = True, providers: list[str] | None = None, threads: int | None = None,
+        clip_stride: int = 8) -> dict:
     capture, fps, total = open_capture(source)
-    models = find_models(models_dir, watch=watch)
+    models = find_models(models_dir, watch=watch, providers=providers, threads=threads, keep_labels=True)
     video = Path(source).stem if not source.isdigit() else f"camera{source}"
-    pipeline = Pipeline(models, fps, detector, subject="", video=video)
+    pipeline = Pipeline(models, fps, detector or detector_of(models), clip_stride=clip_stride, subject="", video=video)
     columns = pipeline.columns()
     intervals: list = []
     annotator = None
@@ -125,7 +135,7 @@ def write_intervals(path: Path, video: str, intervals: Sequence, fps: float) -> 
         writer.writerow(INTERVAL_COLUMNS)
         for i in sorted(intervals, key=lambda i: (i.onset, i.type)):
             writer.writerow([video, i.onset, i.offset, "me" if i.type == "micro" else "mae", i.apex, f"{i.score:.4f}",
-                             f"{i.onset / fps:.3f}", f"{i.offset / fps:.3f}"])
+                             f"{i.onset / fps:.3f}", f"{i.apex / fps:.3f}", f"{i.offset / fps:.3f}"])
     return path
 
 
@@ -135,11 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", required=True, type=Path, help="folder of exported .onnx models")
     parser.add_argument("--out", required=True, type=Path, help="per-frame results CSV")
     parser.add_argument("--annotate", type=Path, help="also write an annotated video")
-    parser.add_argument("--detector", default="auto", help="face detector: auto, dlib, cascade, none (frames are faces)")
+    parser.add_argument("--detector", help="face detector: dlib, cascade, auto, none (frames are faces), or "
+                        "module:factory; default: the one the models' metadata names, else auto")
+    parser.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (default: CUDA if available, CPU)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
+    parser.add_argument("--clip-stride", type=int, default=8, help="frames between two micro-expression clips")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        result = run(args.source, args.models, args.out, args.annotate, args.detector)
+        result = run(args.source, args.models, args.out, args.annotate, args.detector, providers=args.providers,
+                     threads=args.threads, clip_stride=args.clip_stride)
     except (FileNotFoundError, ValueError) as error:
         print(f"runtime: {error}", file=sys.stderr)
         return 2

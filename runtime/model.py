@@ -56,10 +56,12 @@ class Model:
     """Args: path: the .onnx file. watch: follow the file. providers: ONNX Runtime providers in order of preference
     (default: CUDA when available, else CPU). threads: intra-op threads (None: ONNX Runtime's choice). poll: seconds
     between looks at the file. settle: how long the file must stay unchanged before it is read. task: refuse a file
-    of another task (default: the task of the first file)."""
+    of another task (default: the task of the first file). keep_labels: refuse a file whose labels (classes, AUs)
+    differ from the first file's (for consumers whose output columns are fixed, such as a CSV being written)."""
 
     def __init__(self, path: Path | str, watch: bool = False, providers: Sequence[str] | None = None,
-                 threads: int | None = None, poll: float = 0.1, settle: float = 0.2, task: str | None = None):
+                 threads: int | None = None, poll: float = 0.1, settle: float = 0.2, task: str | None = None,
+                 keep_labels: bool = False):
         self.path = Path(path)
         self.providers = list(providers) if providers else default_providers()
         self.threads, self.poll, self.settle = threads, poll, settle
@@ -69,6 +71,7 @@ class Model:
         self._reloads = 0
         self._current = self._load(self.path)  # the first file must be good: nothing else to serve
         self.task = task or self._current.info.task
+        self.labels = list(self._current.info.labels) if keep_labels else None
         if self._current.info.task != self.task:
             raise ContractBroken(f"{self.path}: a {self._current.info.task} model where a {self.task} model was asked for")
         self._stop = threading.Event()
@@ -162,6 +165,9 @@ class Model:
             loaded = self._load(path)
             if loaded.info.task != self.task:
                 raise ContractBroken(f"{path}: a {loaded.info.task} model cannot replace the {self.task} model")
+            if self.labels is not None and list(loaded.info.labels) != self.labels:
+                raise ContractBroken(f"{path}: labels {loaded.info.labels} differ from {self.labels}, which the "
+                                     f"consumer's output columns are fixed to")
         except (UnreadableModel, ContractBroken) as error:
             with self._lock:
                 self._refused.append({"path": str(path), "time": time.time(), "error": str(error)})

@@ -32,7 +32,8 @@ from runtime.stream import ClipBuffer, SpotThenRecognise, StreamingSpotter, feat
 TASK_ORDER = ("emotion", "au", "microexp", "spotting")
 
 
-def find_models(folder: Path | str, watch: bool = False, providers=None, threads: int | None = None) -> dict[str, Model]:
+def find_models(folder: Path | str, watch: bool = False, providers=None, threads: int | None = None,
+                keep_labels: bool = False) -> dict[str, Model]:
     """{task: Model} for the .onnx files of a folder (one per task; a second of the same task is an error)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -40,7 +41,7 @@ def find_models(folder: Path | str, watch: bool = False, providers=None, threads
     models: dict[str, Model] = {}
     for path in sorted(folder.glob("*.onnx")):
         try:
-            model = Model(path, watch=watch, providers=providers, threads=threads)
+            model = Model(path, watch=watch, providers=providers, threads=threads, keep_labels=keep_labels)
         except (UnreadableModel, ContractBroken) as error:
             raise ValueError(f"{path}: cannot serve it: {error}") from None
         if model.task in models:

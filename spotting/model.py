@@ -40,7 +40,8 @@ class TemporalBlock(nn.Module):
 
 
 class TemporalSpotter(nn.Module):
-    """Args: in_dim: feature size D. width: channels. depth: blocks (dilations 1, 2, 4, ... up to `max_dilation`, then again from 1).
+    """Args: in_dim: feature size D. width: channels. depth: blocks (dilations 1, 2, 4, ... up to `max_dilation`,
+    then again from 1).
     dropout: inside the blocks."""
 
     def __init__(self, in_dim: int, width: int = 64, depth: int = 8, max_dilation: int = 32, dropout: float = 0.1):

@@ -214,3 +214,14 @@ def test_the_runtime_imports_no_training_stack():
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_a_consumer_with_fixed_columns_refuses_other_labels(tmp_path):
+    first = tiny_onnx.emotion(tmp_path / "a.onnx")
+    other = tiny_onnx.image_classifier(tmp_path / "b.onnx", "emotion", ["calm", "upset"], 224, seed=4)
+    same = tiny_onnx.emotion(tmp_path / "c.onnx", seed=5)
+    with Model(first, providers=["CPUExecutionProvider"], keep_labels=True) as model:
+        assert not model.swap(other) and "differ" in model.status["last_error"]
+        assert model.swap(same)
+    with Model(first, providers=["CPUExecutionProvider"]) as free:
+        assert free.swap(other) and free.info.labels == ["calm", "upset"]

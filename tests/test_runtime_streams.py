@@ -35,7 +35,8 @@ def video():
 def test_streaming_spotting_equals_offline(models, video):
     synthetic, frames = video
     model = Model(models / "spotting.onnx", providers=["CPUExecutionProvider"])
-    offline_features = extract(lambda p: frames[np.asarray(p)], np.arange(len(frames)), 30.0, FeatureSettings(detector="none"))
+    offline_features = extract(lambda p: frames[np.asarray(p)], np.arange(len(frames)), 30.0,
+                               FeatureSettings(detector="none"))
     scores = model.predict(offline_features.features[None])["scores"][0]
     offline = spot(scores, offline_features.numbers, spot_settings(model.metadata, 30.0, 1))
 
@@ -111,7 +112,7 @@ def test_command_line_writes_every_frame(models, video, tmp_path):
     assert len(faces) == 115 and all(r["emotion"] and r["AU01_c"] in ("0", "1") for r in faces)
     assert sum(bool(r["micro_class"]) for r in rows) >= 5
     intervals = (tmp_path / "results_intervals.csv").read_text().splitlines()
-    assert intervals[0] == "vid,onset,offset,type,apex,score,onset_s,offset_s"
+    assert intervals[0] == "vid,onset,offset,type,apex,score,onset_s,apex_s,offset_s"
     assert (tmp_path / "results_strs.csv").read_text().splitlines()[0] == ",".join(STRS_COLUMNS)
     annotated = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 120

@@ -135,7 +135,8 @@ def test_head_motion_is_removed_and_facial_motion_kept():
     assert moved[names.index("nose_root_dy")] * maker.iod == pytest.approx(2, abs=0.6)
     assert moved[magnitude].max() * maker.iod < 0.5  # of 3.6 px, what is left in the regions
     rising = maker.pooled(maker.flow(grey(event.onset - 3), grey((event.onset + event.apex) // 2 + 1)))
-    still = [maker.pooled(maker.flow(grey(i - 3), grey(i)))[magnitude].max() for i in range(event.onset - 30, event.onset - 20)]
+    still = [maker.pooled(maker.flow(grey(i - 3), grey(i)))[magnitude].max()
+             for i in range(event.onset - 30, event.onset - 20)]
     assert rising[magnitude].max() > 2 * np.median(still)
 
 

@@ -87,7 +87,8 @@ def au(path, seed: int = 0) -> Path:
         nodes, "tiny_au", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 256, 256])],
         [helper.make_tensor_value_info("au_prob", TensorProto.FLOAT, ["N", k]),
          helper.make_tensor_value_info("au_intensity", TensorProto.FLOAT, ["N", k])],
-        [numpy_helper.from_array(10 * _weights(seed, 3, k), "W"), numpy_helper.from_array(10 * _weights(seed + 2, 3, k), "W2"),
+        [numpy_helper.from_array(10 * _weights(seed, 3, k), "W"),
+         numpy_helper.from_array(10 * _weights(seed + 2, 3, k), "W2"),
          numpy_helper.from_array(_weights(seed + 1, k), "b"), numpy_helper.from_array(np.array(5.0, np.float32), "five"),
          numpy_helper.from_array(np.array(0.5, np.float32), "half")])
     return _save(path, graph, base_metadata("au", classes=AUS, aus=AUS, input_size=[256, 256], threshold="0.5",
