@@ -12,6 +12,10 @@ where shrinking, bilinear where enlarging, replicated edges), as float RGB in [0
 
 A frame where no face is found is reported as such (every model's columns empty) and the clip and spotting streams
 skip it (the frame numbers keep their gaps).
+
+The clip models (micro-expression, spotting) were trained on faces warped with ONE transform per clip or video, so
+that the motion they see is the face's, not the detector's jitter; here too their points are held (`SteadyPoints`)
+and re-taken only when the face has moved by more than `steady_tolerance` of the eye distance.
 """
 from __future__ import annotations
 
@@ -87,6 +91,24 @@ class FaceFinder:
         return warp(rgb, alignment_matrix(points, size, margin), size)
 
 
+class SteadyPoints:
+    """The landmarks of the last reference frame while the detected face stays within `tolerance` x eye distance."""
+
+    def __init__(self, tolerance: float = 0.15):
+        self.tolerance, self.points = tolerance, None
+
+    def __call__(self, points: np.ndarray | None) -> np.ndarray | None:
+        if points is None:
+            return None
+        points = np.asarray(points, np.float64)
+        if self.points is not None:
+            eyes = float(np.linalg.norm(self.points[1] - self.points[0])) or 1.0
+            if np.abs(points - self.points).max() <= self.tolerance * eyes:
+                return self.points
+        self.points = points
+        return points
+
+
 @dataclass
 class FrameResult:
     number: int
@@ -102,9 +124,10 @@ class FrameResult:
 
 class Pipeline:
     def __init__(self, models: dict[str, Model], fps: float, detector: str = "auto", clip_stride: int = 8,
-                 subject: str = "", video: str = ""):
+                 subject: str = "", video: str = "", steady_tolerance: float = 0.15):
         self.models, self.fps = models, fps
         self.faces = FaceFinder(detector)
+        self.steady = SteadyPoints(steady_tolerance)
         self.subject, self.video = subject, video
         self.clips = ClipBuffer.for_model(models["microexp"].metadata, fps, clip_stride) if "microexp" in models else None
         self.spotter = (StreamingSpotter(lambda x: models["spotting"].predict(x)["scores"], models["spotting"].metadata, fps)
@@ -144,7 +167,9 @@ class Pipeline:
             result.box = (float(x0 - 0.6 * w), float(y0 - 0.9 * h), float(2.2 * w), float(2.4 * h))
         else:
             result.box = (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0]))
-        crops = {task: self.faces.crop(rgb, points, input_side(m), margin_of(m)) for task, m in self.models.items()}
+        steady = self.steady(points)
+        crops = {task: self.faces.crop(rgb, steady if task in ("microexp", "spotting") else points, input_side(m),
+                                       margin_of(m)) for task, m in self.models.items()}
         if keep:
             result.crops = crops
         for task in ("emotion", "au"):

@@ -209,7 +209,7 @@ def test_the_runtime_imports_no_training_stack():
     import subprocess
     import sys
 
-    code = ("import sys, runtime, runtime.__main__, runtime.vectors, runtime.check\n"
+    code = ("import sys, runtime.__main__, runtime.vectors, runtime.check\nfrom runtime import Model, StreamingSpotter\n"
             "heavy = [m for m in ('torch', 'lightning', 'timm', 'transformers', 'yaml', 'pandas') if m in sys.modules]\n"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -225,3 +225,14 @@ def test_a_consumer_with_fixed_columns_refuses_other_labels(tmp_path):
         assert model.swap(same)
     with Model(first, providers=["CPUExecutionProvider"]) as free:
         assert free.swap(other) and free.info.labels == ["calm", "upset"]
+
+
+def test_clip_models_keep_one_transform_while_the_face_stays():
+    from runtime.pipeline import SteadyPoints
+
+    steady = SteadyPoints(tolerance=0.15)
+    base = np.array([[30.0, 40], [70, 40], [50, 60], [35, 80], [65, 80]])  # eye distance 40
+    assert steady(base) is not None and np.array_equal(steady(base + 2.0), base)  # detector jitter: held
+    moved = base + 10.0  # a quarter of the eye distance: the head moved
+    assert np.array_equal(steady(moved), moved) and np.array_equal(steady(moved + 1), moved)
+    assert steady(None) is None
