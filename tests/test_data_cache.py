@@ -203,7 +203,10 @@ def run_prepare(helper_dir: Path, root: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(helper_dir), str(REPO)])}
     command = [sys.executable, "-m", "common.prepare", "--task", "microexp", "--dataset", "slow_toy",
                "--root", str(root), "--out", str(out), "--size", "32", "--workers", "1", "--import", "slow_toy"]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a harness that runs the tests in the background leaves SIGINT ignored, which a child inherits and Python then
+    # keeps ignoring: give the child the default disposition, as a terminal's Ctrl-C would find it
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def done_lines(out: Path) -> int:
