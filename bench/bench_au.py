@@ -10,10 +10,8 @@ exported graph (256 in, both heads out), and an estimate of one BP4D fold on two
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import seconds_per_step  # noqa: E402
+from bench.timing import median_ms, training_seconds_per_step  # noqa: E402
 
 BP4D_FOLD_TRAIN_FRAMES = 2 * 140_000 // 3  # two of the three parts of the about 140,000 labelled BP4D frames
 EPOCHS, GPUS, RTX4090_BF16_TFLOPS, UTILISATION = 20, 2, 165.0, 0.30
@@ -43,19 +41,10 @@ def gmacs(net, size: int) -> float:
 
 
 def training_rate(module, batch: int, steps: int) -> float:
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     data = {"input": torch.rand(batch, 3, 224, 224), "target": (torch.rand(batch, 12) > 0.7).float(),
             "mask": torch.ones(batch, 12, dtype=torch.bool), "intensity": torch.zeros(batch, 12),
             "intensity_mask": torch.zeros(batch, 12, dtype=torch.bool)}
-    module.train()
-
-    def step():
-        loss = module.compute_loss(data)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return batch / seconds_per_step(step, steps)
+    return batch / training_seconds_per_step(module, data, steps)
 
 
 def ort_latency_ms(module, threads: int, runs: int = 10) -> float:
@@ -69,13 +58,7 @@ def ort_latency_ms(module, threads: int, runs: int = 10) -> float:
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         feed = {"image": torch.rand(1, 3, 256, 256).numpy()}
-        session.run(None, feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+        return median_ms(lambda: session.run(None, feed), runs)
 
 
 def fold_hours(macs: float) -> float:

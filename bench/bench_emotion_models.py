@@ -14,7 +14,6 @@ Per model, at 224x224 RGB and 7 classes:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.timing import median_ms
 from common.export import export_module
 from common.optim import build_optimizer
 from common.weights import full_param_count, thop_style_param_count
@@ -94,13 +94,7 @@ def ort_latency_ms(module: EmotionModule, runs: int, threads: int) -> float:
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: inputs[0].numpy()}
-    session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return median_ms(lambda: session.run(None, feed), runs)
 
 
 def measure(arch: str, args) -> Row:

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import seconds_per_step  # noqa: E402
+from bench.timing import training_seconds_per_step  # noqa: E402
 
 CONFIGS = {  # name -> (arch, frozen, image size)
     "videomae_s frozen": ("videomae_s", True, 224),
@@ -88,19 +88,10 @@ def training_rate(arch: str, frozen: bool, size: int, steps: int, batch: int = 2
     torch.manual_seed(0)
     module = MicroExpModule(["negative", "positive", "surprise"], image_size=size, arch=arch, freeze_backbone=frozen,
                             augment=False)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     clips = torch.randn(batch, 16, 14) if module.reads_features else \
         torch.randint(0, 255, (batch, 16, 3, size, size), dtype=torch.uint8)
-    batch_ = {"input": clips, "target": torch.arange(batch) % 3}
-    module.train()
-
-    def step():
-        loss = module.compute_loss(module.on_after_batch_transfer(batch_, 0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    elapsed = seconds_per_step(step, steps)
+    elapsed = training_seconds_per_step(module, {"input": clips, "target": torch.arange(batch) % 3}, steps,
+                                        transfer=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux -> MB
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"clips_per_s": batch / elapsed, "seconds_per_step": elapsed, "peak_mb": peak, "trainable": trainable}

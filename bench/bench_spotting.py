@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import seconds_per_step  # noqa: E402
+from bench.timing import training_seconds_per_step  # noqa: E402
 
 
 def feature_rate(method: str) -> float:
@@ -45,18 +45,9 @@ def training_rate(batch: int = 8, window: int = 256, steps: int = 10) -> float:
     from spotting.module import SpottingModule
 
     torch.manual_seed(0)
-    module = SpottingModule().train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     data = {"input": torch.randn(batch, window, 35), "target": (torch.rand(batch, window, 6) > 0.9).float(),
             "mask": torch.ones(batch, window, dtype=torch.bool)}
-
-    def step():
-        loss = module.compute_loss(data)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return batch / seconds_per_step(step, steps)
+    return batch / training_seconds_per_step(SpottingModule(), data, steps, lr=1e-3)
 
 
 def write_video(path: Path, minutes: float) -> int:

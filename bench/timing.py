@@ -12,3 +12,33 @@ def seconds_per_step(step: Callable[[], None], steps: int) -> float:
     for _ in range(steps):
         step()
     return (time.perf_counter() - start) / steps
+
+
+def training_seconds_per_step(module, batch: dict, steps: int, lr: float = 1e-4, transfer: bool = False) -> float:
+    """Seconds per step of forward + backward + AdamW on a fixed batch (`module.compute_loss`, after the module's
+    own on-device batch preparation when `transfer`), trainable parameters only."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
+    module.train()
+
+    def step():
+        loss = module.compute_loss(module.on_after_batch_transfer(batch, 0) if transfer else batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return seconds_per_step(step, steps)
+
+
+def median_ms(run: Callable[[], object], runs: int) -> float:
+    """Median wall time of `runs` calls in milliseconds, after one warm-up call."""
+    import statistics
+
+    run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

@@ -25,7 +25,6 @@ import numpy as np
 
 from runtime.pipeline import Pipeline, find_models
 
-INTERVAL_COLUMNS = ("vid", "onset", "offset", "type", "apex", "score", "onset_s", "apex_s", "offset_s")
 
 
 def open_capture(source: str) -> tuple[cv2.VideoCapture, float, int]:
@@ -61,6 +60,9 @@ class Annotator:
 
     def close(self) -> None:
         self.writer.release()
+
+
+INTERVAL_EXTRA = ("apex", "score", "onset_s", "apex_s", "offset_s")
 
 
 def detector_of(models: dict) -> str:
@@ -130,13 +132,14 @@ def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, 
 
 
 def write_intervals(path: Path, video: str, intervals: Sequence, fps: float) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(INTERVAL_COLUMNS)
-        for i in sorted(intervals, key=lambda i: (i.onset, i.type)):
-            writer.writerow([video, i.onset, i.offset, "me" if i.type == "micro" else "mae", i.apex, f"{i.score:.4f}",
-                             f"{i.onset / fps:.3f}", f"{i.apex / fps:.3f}", f"{i.offset / fps:.3f}"])
-    return path
+    """A MEGC submission file (`spotting.evaluate` scores it) with the apex, score and times in seconds beside."""
+    from spotting.evaluate import Spot, write_submission
+
+    ordered = sorted(intervals, key=lambda i: (i.onset, i.type))
+    return write_submission(path, [Spot(video, i.onset, i.offset, i.type) for i in ordered],
+                            [{"apex": i.apex, "score": f"{i.score:.4f}", "onset_s": f"{i.onset / fps:.3f}",
+                              "apex_s": f"{i.apex / fps:.3f}", "offset_s": f"{i.offset / fps:.3f}"} for i in ordered],
+                            INTERVAL_EXTRA)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

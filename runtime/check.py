@@ -132,8 +132,10 @@ def probe_input(info: ModelInfo, batch: int = 2, length: int = 48) -> dict[str, 
     rng = np.random.default_rng(0)
     feeds = {}
     for tensor in info.inputs:
-        shape = [batch if d == "N" or (i == 0 and not isinstance(d, int)) else length if d == "T" else
-                 (int(json.loads(info.metadata.get("input_size", "[0, 0]"))[-1]) if d == "D" else d)
+        symbols = {"N": batch, "T": length}
+        if info.task == "spotting":  # the feature width is fixed by the extractor, named in input_size ["T", D]
+            symbols["D"] = int(json.loads(info.metadata.get("input_size", "[0, 0]"))[-1])
+        shape = [d if isinstance(d, int) else symbols.get(d, batch if i == 0 else d)
                  for i, d in enumerate(tensor["shape"])]
         if any(not isinstance(d, int) or d <= 0 for d in shape):
             raise ContractBroken(f"{info.path}: cannot size a probe for {tensor['name']} {tensor['shape']}")

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from common.data.clips import uniform_positions
 from spotting.features import FeatureSettings, FlowFeatures
 from spotting.postprocess import TYPES, Interval, SpotSettings, plausible_lengths, proposals, select
 
@@ -140,7 +141,6 @@ class StreamingSpotter:
         self._scores = np.zeros((0, 6), np.float32)
         self._seen = 0
         self._cut = 0  # feature index from which apexes are still undecided
-        self.emitted: list[Interval] = []
 
     def push(self, grey_face: np.ndarray, number: int) -> list[Interval]:
         """One aligned grey face of the video (every frame, in order); the intervals that became final."""
@@ -184,7 +184,6 @@ class StreamingSpotter:
         apex_index = {n: i for i, n in enumerate(self._numbers)}
         kept = [i for i in select(found, self.settings.thresholds) if self._cut <= apex_index[i.apex] < limit]
         self._cut = limit
-        self.emitted += kept
         return kept
 
     @property
@@ -231,7 +230,7 @@ class SpotThenRecognise:
         available = sorted(n for n in self._faces if interval.onset <= n <= interval.offset)
         if not available:
             return None
-        positions = np.linspace(0, len(available) - 1, self.length).round().astype(int)
+        positions = np.rint(uniform_positions(0, len(available) - 1, self.length)).astype(int)  # as training samples
         clip = np.stack([self._faces[available[p]] for p in positions]).astype(np.float32) / 255
         probs = np.asarray(self.classify(clip.transpose(0, 3, 1, 2)[None]))[0]
         return RecognisedInterval(interval.onset, interval.apex, interval.offset, self.classes[int(probs.argmax())], probs)

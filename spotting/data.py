@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.data import load_samples
-from common.data.records import Sample
+from common.data.records import Interval, Sample
 from common.datamodule import (TaskDataModule, check_choice, check_fraction, dataset_sources, datasets_from_roots,
                                subject_ranges)
 from common.datamodule import dataset_names as common_dataset_names
@@ -244,9 +244,9 @@ class SpottingDataModule(TaskDataModule):
         if value is None:
             value = extract(lambda positions: np.stack([video.frame(int(p)) for p in positions]),
                             np.arange(len(video)), video.fps, self.feature_settings, where=vid,
-                            progress=lambda done, total: self.cache._progress(f"synthetic {vid}", done, total))
+                            progress=lambda done, total: self.cache.report_progress(f"synthetic {vid}", done, total))
             self.cache.save(key, value)
-        events = [{"interval": _interval(e.onset, e.apex, e.offset), "type": e.kind, "emotion": str(e.emotion),
+        events = [{"interval": Interval(e.onset, e.apex, e.offset), "type": e.kind, "emotion": str(e.emotion),
                    "aus": "", "row": k} for k, e in enumerate(video.events)]
         return Video("synthetic", f"synthetic/{video.subject}", vid, value, events)
 
@@ -285,8 +285,3 @@ class SpottingDataModule(TaskDataModule):
     def predict_dataloader(self):
         return self._videos_loader(self.test_set)
 
-
-def _interval(onset: int, apex: int, offset: int):
-    from common.data.records import Interval
-
-    return Interval(int(onset), int(apex), int(offset))

@@ -193,13 +193,13 @@ def _type(text: str, path: Path, line: int) -> str:
     return kind
 
 
-def write_submission(path: Path | str, spots: Iterable[Spot], extra: Sequence[Mapping] | None = None) -> Path:
-    """`vid,onset,offset,type` (type me/mae), plus any extra columns given per spot."""
+def write_submission(path: Path | str, spots: Iterable[Spot], extra: Sequence[Mapping] | None = None,
+                     extra_columns: Sequence[str] = ()) -> Path:
+    """`vid,onset,offset,type` (type me/mae), then `extra_columns` with each spot's values from `extra`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     spots = list(spots)
     extra = list(extra) if extra is not None else [{}] * len(spots)
-    extra_columns = list(dict.fromkeys(k for e in extra for k in e))
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*SUBMISSION_COLUMNS, *extra_columns])

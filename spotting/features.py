@@ -158,13 +158,6 @@ class FlowFeatures:
         out = np.concatenate([np.stack([dx, dy, magnitude], 1).ravel(), reference])
         return (out / self.iod).astype(np.float32)
 
-    def sequence(self, faces: Sequence[np.ndarray], k: int) -> np.ndarray:
-        """[T, D] for grey uint8 faces [T, S, S]; frame t compares with frame max(t - k, 0)."""
-        out = np.zeros((len(faces), self.settings.dim), np.float32)
-        for t in range(1, len(faces)):
-            out[t] = self.pooled(self.flow(faces[max(t - k, 0)], faces[t]))
-        return out
-
 
 def grey_faces(frames: np.ndarray, aligner: FaceAligner, alignment) -> np.ndarray:
     faces = aligner.apply(frames, alignment)
@@ -250,11 +243,11 @@ class FeatureCache:
             if found is not None:
                 return found
             value = extract(source.read, source.numbers, fps, self.settings, dict(sample.extra), sample.path,
-                            progress=lambda done, total: self._progress(label or sample.path, done, total))
+                            progress=lambda done, total: self.report_progress(label or sample.path, done, total))
         self.save(key, value)
         return value
 
-    def _progress(self, label, done: int, total: int) -> None:
+    def report_progress(self, label, done: int, total: int) -> None:
         if time.monotonic() - self._last > self.log_every or done == total:
             self._last = time.monotonic()
             print(f"spotting features: {label}: {done}/{total} frames", file=sys.stderr, flush=True)

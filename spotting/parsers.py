@@ -33,7 +33,7 @@ from pathlib import Path
 
 from common.data import register_dataset, report_left_out
 from common.data.records import Interval, Sample
-from common.data.sheets import AnnotationError, _sheet_values, excel_rows, sheet_error
+from common.data.sheets import AnnotationError, excel_rows, sheet_error, sheet_values
 
 FPS = {"casme_sq": 30.0, "samm_lv": 200.0, "casme3_lv": 30.0}
 CASME_SQ_SHEETS = ("CAS(ME)^2code_final.xlsx", "CASME_sq_gt.xlsx")
@@ -107,9 +107,9 @@ def videos_to_samples(dataset: str, videos: dict, left_out: Counter, where: Path
 @register_dataset("casme_sq", task="spotting")
 def casme_sq(root: Path) -> list[Sample]:
     sheet = find_sheet(root, CASME_SQ_SHEETS, "CAS(ME)² spotting sheet")
-    _, main = _sheet_values(sheet, CASME_SQ_MAIN)
-    _, rule1 = _sheet_values(sheet, "naming rule1")
-    _, rule2 = _sheet_values(sheet, "naming rule2")
+    _, main = sheet_values(sheet, CASME_SQ_MAIN)
+    _, rule1 = sheet_values(sheet, "naming rule1")
+    _, rule2 = sheet_values(sheet, "naming rule2")
     main = [r for r in main if any(c is not None for c in r)]
     rule1 = [r for r in rule1 if any(c is not None for c in r)]
     if len(rule1) != len(main):

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from spotting.evaluate import iou
+
 TYPES = ("macro", "micro")
 SCORE_NAMES = ("macro_action", "macro_start", "macro_end", "micro_action", "micro_start", "micro_end")
 NMS_IOU = 0.5
@@ -98,17 +100,10 @@ def candidates(scores: np.ndarray, kind: str, settings: SpotSettings) -> list[tu
     return found
 
 
-def iou(a: Interval, b: Interval) -> float:
-    start, end = max(a.onset, b.onset), min(a.offset, b.offset)
-    if start > end:
-        return 0.0
-    return (end - start + 1) / (max(a.offset, b.offset) - min(a.onset, b.onset) + 1)
-
-
 def nms(intervals: Sequence[Interval], threshold: float = NMS_IOU) -> list[Interval]:
     kept: list[Interval] = []
     for interval in sorted(intervals, key=lambda i: (-i.score, i.onset)):
-        if all(iou(interval, k) < threshold for k in kept):
+        if all(iou((interval.onset, interval.offset), (k.onset, k.offset)) < threshold for k in kept):
             kept.append(interval)
     return sorted(kept, key=lambda i: (i.onset, i.offset))
 

@@ -97,7 +97,7 @@ def excel_rows(path: Path, required: Sequence[str], sheet: str | None = None, he
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation sheet not found")
-    name, rows = _sheet_values(path, sheet)
+    name, rows = sheet_values(path, sheet)
     wanted = {_column_key(c): c for c in required}
     for number, row in enumerate(rows[:header_search], start=1):
         keys = [_column_key(cell) for cell in row]
@@ -115,7 +115,9 @@ def _column_key(cell) -> str:
     return "" if cell is None else "".join(str(cell).split()).lower()
 
 
-def _sheet_values(path: Path, sheet: str | None) -> tuple[str, list[list]]:
+def sheet_values(path: Path, sheet: str | None) -> tuple[str, list[list]]:
+    """(sheet name, every row's cell values) of an .xlsx or .xls sheet, for sheets without a header row; `sheet`
+    None means the first sheet."""
     if path.suffix.lower() == ".xls":
         import xlrd
 

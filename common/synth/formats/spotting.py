@@ -238,9 +238,9 @@ def write_casme3_lv(root: Path | str, sheet: Path | str | None = None, rows: Seq
 
 
 def _real_casme3_lv(sheet: Path, rows: Sequence[int] | None) -> list[list]:
-    from common.data.sheets import _sheet_values
+    from common.data.sheets import sheet_values
 
-    _, table = _sheet_values(sheet, CASME3_LV_MAIN)
+    _, table = sheet_values(sheet, CASME3_LV_MAIN)
     body = table[1:]
     return [list(body[r]) for r in check_rows(rows if rows is not None else CASME3_LV_DEFAULT_ROWS, len(body), sheet)]
 
