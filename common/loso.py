@@ -1,15 +1,20 @@
 """Leave-one-subject-out at scale: run every fold, pool the predictions, score them as MEGC does.
 
-    python -m common.loso run --task microexp --config C [--folds all|K,K,...] [--parallel N] [--out DIR] [-- ARGS]
+    python -m common.loso run --task microexp --config C [--folds all|K,K,...] [--launcher local|ray|slurm]
+                              [--parallel N] [--out DIR] [-- ARGS]
     python -m common.loso score PRED.csv [PRED.csv ...] [--json] [--out DIR]
+    python -m common.loso score --run DIR
 
-`run` trains each fold as a run of its own (`train.py --task T fit --config C --data.fold K`, all folds in one W&B
-group named after the output folder), then tests the fold's checkpoint on its held-out subject(s): the checkpoint chosen on validation subjects
-carved from the training subjects, or the last one for a fixed epoch budget; the held-out subject is never looked
-at before that test. Folds run one after another, or N at a time with one GPU each. Progress and outcome of every
-fold are kept in `loso.json` in the output folder, so a crashed fold is re-run alone (`--folds 7`) and the
-aggregate is updated; when every fold of the fold table has its predictions, `run` writes the pooled
-`predictions.csv`, `scores.json`, `subjects.csv` and `subjects.png` there.
+`run` first makes the subject -> fold table (`<out>/folds.csv`, from the annotations alone), then trains each fold
+as a run of its own (`train.py --task T fit --config C --data.fold K`, all folds in one W&B group named after the
+output folder) and tests the fold's checkpoint on its held-out subject(s): the checkpoint chosen on validation
+subjects carved from the training subjects, or the last one for a fixed epoch budget; the held-out subject is
+never looked at before that test. Where the folds run is the launcher's choice (`common.launch`): `local` runs N
+at a time here with one GPU each; `ray` makes each fold a Ray task (a whole cluster with `--ray-address auto`);
+`slurm` writes `loso.sbatch`, an array job with one index per fold, and `score --run DIR` pools it afterwards.
+Every fold's progress and outcome are kept in `loso.json`, so a crashed fold is re-run alone (`--folds 7`) and the
+aggregate is updated; when every fold of the table has its predictions, the pooled `predictions.csv`,
+`scores.json`, `subjects.csv` and `subjects.png` are written to the output folder.
 
 A spotting run (whose folds write `ground_truth.csv` beside their submission files) is pooled by
 `spotting.evaluate.pool_folds` instead: `predictions.csv`, `baseline_predictions.csv`, `ground_truth.csv` and
@@ -27,17 +32,16 @@ import json
 import os
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from common.launch import (LAUNCHERS, FoldJob, FoldRun, LocalLauncher, RayLauncher, SlurmSettings, announce,
+                           last_lines, run_fold_job, sbatch_script, train_command)
 from common.predictions import ID_COLUMNS, PREDICTIONS_FILE, read_predictions, write_rows
 
-REPO = Path(__file__).resolve().parent.parent
 MANIFEST = "loso.json"
 
 
@@ -202,134 +206,147 @@ def score_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- running the folds
 
 
-@dataclass
-class FoldRun:
-    fold: int
-    fit_dir: str | None = None
-    test_dir: str | None = None
-    status: str = "pending"  # pending | running | done | failed
-    error: str = ""
-    seconds: float = 0.0
-
-
 class Manifest:
-    """`loso.json`: what each fold did; rewritten after every change, so a crash loses nothing."""
+    """`loso.json`: what each fold did. Every change is a locked read-modify-write of one fold's entry, so the
+    driver, Ray results and SLURM array tasks on other nodes can all record folds of one run without losing any."""
 
     def __init__(self, out: Path, task: str, config: str, extra: Sequence[str]):
         self.path = out / MANIFEST
-        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.task, self.config, self.extra = task, config, list(extra)
-        self.folds: dict[int, FoldRun] = {int(k): FoldRun(**v) for k, v in saved.get("folds", {}).items()}
+        self.folds: dict[int, FoldRun] = self.read()
 
-    def save(self) -> None:
+    @classmethod
+    def load(cls, out: Path) -> "Manifest":
+        path = out / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no LOSO run in {out} (start one with `python -m common.loso run`)")
+        saved = json.loads(path.read_text())
+        return cls(out, saved["task"], saved["config"], saved.get("extra", []))
+
+    def read(self) -> dict[int, FoldRun]:
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        return {int(k): FoldRun(**v) for k, v in saved.get("folds", {}).items()}
+
+    def record(self, run: FoldRun | None = None) -> None:
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"task": self.task, "config": self.config, "extra": self.extra,
-                "folds": {str(k): vars(v) for k, v in sorted(self.folds.items())}}
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data, indent=2))
-        os.replace(temporary, self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.folds = {**self.read(), **({run.fold: run} if run else {})}
+            data = {"task": self.task, "config": self.config, "extra": self.extra,
+                    "folds": {str(k): vars(v) for k, v in sorted(self.folds.items())}}
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(data, indent=2))
+            os.replace(temporary, self.path)
 
 
-def train_command(task: str, stage: str, *args: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), "--task", task, stage, *args]
+def planned_folds(out: Path, task: str, config: str, extra: Sequence[str]) -> dict[str, int]:
+    """The subject -> fold table every fold will use, made once before any fold trains (a fit of zero epochs reads
+    the annotations and writes folds.csv), kept as `<out>/folds.csv`. A dataset that cannot be read fails here,
+    once, instead of in every fold."""
+    import shutil
+    import tempfile
 
-
-def newest_version(base: Path, before: set[Path]) -> Path | None:
-    made = [p for p in base.glob("*/*/version_*") if p not in before]
-    return max(made, key=lambda p: p.stat().st_mtime) if made else None
-
-
-def chosen_checkpoint(fit_dir: Path) -> Path:
-    """The checkpoint chosen on the validation subjects where there is one, else the last (fixed budget)."""
-    best = sorted(p for p in (fit_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-    return best[-1] if best else fit_dir / "checkpoints" / "last.ckpt"
-
-
-def run_fold(run: FoldRun, manifest: Manifest, runs_root: Path, gpu: int | None, lock) -> FoldRun:
-    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {})}
-    common = ["--run.root", str(runs_root), "--run.group", runs_root.parent.name]
-    start = time.monotonic()
-    with lock:
-        before = set(runs_root.glob("*/*/version_*"))
-        run.status = "running"
-        manifest.save()
-    fit = subprocess.run(train_command(manifest.task, "fit", "--config", manifest.config, "--data.fold",
-                                       str(run.fold), *common, *manifest.extra), env=env, capture_output=True, text=True)
-    with lock:
-        fit_dir = newest_fold_dir(runs_root, before, run.fold)
-    if fit.returncode != 0 or fit_dir is None:
-        return finish(run, manifest, lock, "failed", start, error=last_lines(fit.stderr))
-    run.fit_dir = str(fit_dir)
-    with lock:
-        before = set(runs_root.glob("*/*/version_*"))
-    test = subprocess.run(train_command(manifest.task, "test", "--config", str(fit_dir / "config.yaml"),
-                                        "--ckpt_path", str(chosen_checkpoint(fit_dir)), "--run.name",
-                                        fit_dir.parent.name, "--run.group", runs_root.parent.name),
-                          env=env, capture_output=True, text=True)
-    with lock:
-        test_dir = newest_fold_dir(runs_root, before, run.fold)
-    if test.returncode != 0 or test_dir is None or not (test_dir / PREDICTIONS_FILE).is_file():
-        return finish(run, manifest, lock, "failed", start, error=last_lines(test.stderr))
-    run.test_dir = str(test_dir)
-    return finish(run, manifest, lock, "done", start)
-
-
-def newest_fold_dir(runs_root: Path, before: set[Path], fold: int) -> Path | None:
-    made = [p for p in runs_root.glob("*/*/version_*") if p not in before and p.parent.name.endswith(f"-fold{fold}")]
-    return max(made, key=lambda p: p.stat().st_mtime) if made else None
-
-
-def finish(run: FoldRun, manifest: Manifest, lock, status: str, start: float, error: str = "") -> FoldRun:
-    with lock:
-        run.status, run.error, run.seconds = status, error, round(time.monotonic() - start, 1)
-        manifest.save()
-        print(f"fold {run.fold}: {status} in {run.seconds:.0f} s" + (f" ({error.splitlines()[-1]})" if error else ""),
-              flush=True)
-    return run
-
-
-def last_lines(text: str, count: int = 5) -> str:
-    return "\n".join(line for line in text.strip().splitlines()[-count:])
-
-
-def fold_count(fit_dir: Path) -> int:
     from common.data.splits import FOLDS_FILE, load_folds
 
-    return max(load_folds(fit_dir / FOLDS_FILE).values()) + 1
+    saved = out / FOLDS_FILE
+    if not saved.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="plan-", dir=out))
+        try:
+            plan = subprocess.run(train_command(task, "fit", "--config", config, *extra, "--data.fold", "0",
+                                                "--trainer.max_epochs", "0", "--trainer.num_sanity_val_steps", "0",
+                                                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                                                "--run.root", str(scratch), "--run.wandb", "false"),
+                                  capture_output=True, text=True)
+            made = list(scratch.glob(f"*/*/version_*/{FOLDS_FILE}"))
+            if plan.returncode != 0 or not made:
+                raise ValueError(f"the folds of {config} could not be made:\n{last_lines(plan.stderr)}")
+            shutil.copy(made[0], saved)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return load_folds(saved)
+
+
+def fold_count(out: Path) -> int | None:
+    from common.data.splits import FOLDS_FILE, load_folds
+
+    saved = out / FOLDS_FILE
+    return max(load_folds(saved).values()) + 1 if saved.is_file() else None
+
+
+def fold_jobs(manifest: Manifest, out: Path, folds: Iterable[int], stages=("fit", "test")) -> list[FoldJob]:
+    return [FoldJob(manifest.task, manifest.config, k, manifest.extra, str(out / "folds"), out.name, tuple(stages))
+            for k in folds]
+
+
+def folds_to_run(text: str, manifest: Manifest, total: int) -> list[int]:
+    """The folds asked for, or every fold not yet done; a fold outside the table is an error."""
+    wanted = parse_folds(text)
+    if wanted is None:
+        return [k for k in range(total) if manifest.folds.get(k, FoldRun(k)).status != "done"]
+    outside = [k for k in wanted if not 0 <= k < total]
+    if outside:
+        raise ValueError(f"--folds {text}: folds {outside} do not exist (the fold table has folds 0-{total - 1})")
+    return wanted
+
+
+def make_launcher(args: argparse.Namespace):
+    if args.launcher == "ray":
+        return RayLauncher(args.ray_address, gpus=args.gpus_per_fold if _gpu_count() or args.ray_address else 0,
+                           cpus=args.cpus_per_fold, retries=1 if args.retries is None else args.retries)
+    return LocalLauncher(args.parallel, list(range(_gpu_count())), retries=args.retries or 0)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    import threading
-
     out = Path(args.out or Path("runs") / args.task / f"loso-{Path(args.config).stem}")
     manifest = Manifest(out, args.task, str(Path(args.config).resolve()), args.extra)
-    runs_root, lock = out / "folds", threading.Lock()
-    wanted = parse_folds(args.folds)
-    if wanted is None and not any(r.status == "done" for r in manifest.folds.values()):
-        first = manifest.folds.setdefault(0, FoldRun(0))  # fold 0 first: its folds.csv says how many there are
-        run_fold(first, manifest, runs_root, 0 if args.gpus else None, lock)
-    total = known_fold_count(manifest)
-    folds = wanted if wanted is not None else [k for k in range(total or 1) if manifest.folds.get(k, FoldRun(k)).status != "done"]
-    todo = [manifest.folds.setdefault(k, FoldRun(k)) for k in folds]
-    manifest.save()
-    print(f"LOSO: {len(todo)} fold(s) to run, {args.parallel} at a time -> {out}", flush=True)
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool_:
-        futures = [pool_.submit(run_fold, run, manifest, runs_root, (i % args.parallel) if args.gpus else None, lock)
-                   for i, run in enumerate(todo)]
-        for future in futures:
-            future.result()
+    manifest.record()
+    total = max(planned_folds(out, manifest.task, manifest.config, manifest.extra).values()) + 1
+    folds = folds_to_run(args.folds, manifest, total)
+    if args.launcher == "slurm":
+        return write_slurm(args, manifest, out, folds)
+    print(f"LOSO: {len(folds)} of {total} fold(s) to run ({args.launcher}) -> {out}", flush=True)
+    make_launcher(args).run(fold_jobs(manifest, out, folds), started=manifest.record,
+                            finished=lambda run: (manifest.record(run), announce(run)))
     return aggregate(manifest, out)
 
 
-def known_fold_count(manifest: Manifest) -> int | None:
-    for run in manifest.folds.values():
-        if run.fit_dir and (Path(run.fit_dir) / "folds.csv").is_file():
-            return fold_count(Path(run.fit_dir))
-    return None
+def write_slurm(args: argparse.Namespace, manifest: Manifest, out: Path, folds: list[int]) -> int:
+    if args.gpus_per_fold != int(args.gpus_per_fold):
+        raise ValueError(f"--gpus-per-fold {args.gpus_per_fold}: a SLURM task asks for whole GPUs")
+    settings = SlurmSettings(int(args.gpus_per_fold), args.cpus_per_fold, args.time, args.mem, args.partition,
+                             args.account, args.parallel if args.parallel > 1 else None)
+    record = [sys.executable, "-m", "common.loso", "fold", "--task", manifest.task, "--config", manifest.config,
+              "--out", str(out.resolve())]
+    script = out / "loso.sbatch"
+    script.write_text(sbatch_script(folds, record, manifest.extra, out.resolve(), f"loso-{out.name}", settings))
+    (out / "slurm").mkdir(exist_ok=True)
+    score = f"python -m common.loso score --run {out}"
+    print(f"wrote {script}: {len(folds)} array task(s), one per fold\n  submit: sbatch {script}\n"
+          f"  then:   {score}  (pools every fold once all have run)", flush=True)
+    if args.submit:
+        submitted = subprocess.run(["sbatch", str(script)], capture_output=True, text=True)
+        if submitted.returncode != 0:
+            raise ValueError(f"sbatch {script}: {last_lines(submitted.stderr) or 'failed'}")
+        print(submitted.stdout.strip(), flush=True)
+    return 0
+
+
+def fold_command(args: argparse.Namespace) -> int:
+    """One fold, as a SLURM array task runs it: train, test, record in the manifest."""
+    out = Path(args.out)
+    manifest = Manifest(out, args.task, str(Path(args.config).resolve()), args.extra)
+    manifest.record(FoldRun(args.fold, status="running"))
+    run = run_fold_job(fold_jobs(manifest, out, [args.fold])[0], threads=None)
+    manifest.record(run)
+    announce(run)
+    return 0 if run.status == "done" else 1
 
 
 def aggregate(manifest: Manifest, out: Path) -> int:
-    total = known_fold_count(manifest)
+    total = fold_count(out)
     failed = sorted(k for k, r in manifest.folds.items() if r.status == "failed")
     done = sorted(k for k, r in manifest.folds.items() if r.status == "done")
     if failed:
@@ -363,6 +380,22 @@ def parse_folds(text: str) -> list[int] | None:
 # ---------------------------------------------------------------- command line
 
 
+def add_fanout_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where folds run; shared by `common.loso run` and `common.hpo`."""
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help="local: subprocesses here; ray: Ray tasks (a cluster with --ray-address); "
+                             "slurm: write an sbatch array script (submitted with --submit)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="folds at a time here (one GPU each where GPUs exist); with slurm, array tasks at once")
+    parser.add_argument("--ray-address", help="join this Ray cluster ('auto': the one this node belongs to); "
+                                              "without it a Ray instance starts here")
+    parser.add_argument("--gpus-per-fold", type=float, default=1, help="GPUs a Ray task or SLURM array task asks for")
+    parser.add_argument("--cpus-per-fold", type=int, default=None,
+                        help="CPUs a Ray task (default 1) or SLURM array task (default 8) asks for")
+    parser.add_argument("--retries", type=int, default=None, help="re-runs of a failed fold (default: 1 with ray, "
+                                                                  "0 here)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -373,18 +406,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--task", required=True)
     run.add_argument("--config", required=True, help="the recipe each fold trains with")
     run.add_argument("--folds", default="all", help="'all', or fold numbers such as 3,7 (re-run those alone)")
-    run.add_argument("--parallel", type=int, default=1, help="folds at a time (one GPU each where GPUs exist)")
     run.add_argument("--out", help="output folder (default runs/<task>/loso-<config name>)")
+    add_fanout_arguments(run)
+    slurm = run.add_argument_group("slurm")
+    slurm.add_argument("--time", default="08:00:00", help="time limit of one fold (HH:MM:SS)")
+    slurm.add_argument("--mem", help="memory of one fold, e.g. 64G")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--submit", action="store_true", help="submit the script with sbatch")
+    fold = commands.add_parser("fold", help="train, test and record one fold (what a SLURM array task runs)")
+    fold.add_argument("--task", required=True)
+    fold.add_argument("--config", required=True)
+    fold.add_argument("--out", required=True, help="the LOSO run's output folder")
+    fold.add_argument("--data.fold", dest="fold", type=int, required=True)
     score = commands.add_parser("score", help="pool prediction files and print the MEGC scores")
-    score.add_argument("predictions", nargs="+", type=Path)
+    score.add_argument("predictions", nargs="*", type=Path)
+    score.add_argument("--run", type=Path, help="pool every fold recorded in this LOSO output folder instead")
     score.add_argument("--json", action="store_true", help="one JSON object: uf1, uar, by_dataset, ...")
     score.add_argument("--out", help="also write the pooled file, scores.json and the per-subject table and plot")
     args = parser.parse_args(argv)
+    args.extra = extra
     try:
         if args.command == "score":
+            if args.run:
+                return aggregate(Manifest.load(args.run), args.run)
+            if not args.predictions:
+                parser.error("score: give prediction files, or --run DIR")
             return score_command(args)
-        args.extra = extra
-        args.gpus = _gpu_count() >= max(1, args.parallel)
+        if args.command == "fold":
+            return fold_command(args)
+        if args.cpus_per_fold is None:
+            args.cpus_per_fold = 8 if args.launcher == "slurm" else 1
         return run_command(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"loso: {error}", file=sys.stderr)

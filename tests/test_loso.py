@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -87,31 +90,54 @@ def test_a_clip_predicted_twice_is_refused(folds, capsys):
     assert "already predicted" in capsys.readouterr().err
 
 
-def test_loso_over_synthetic_subjects_scores_well_above_chance_and_reruns_a_fold(tmp_path):
+LIGHT_MICRO = ["--model.arch", "roi_transformer", "--data.inputs", "roi_flow", "--data.image_size", "64",
+               "--data.clip_length", "8", "--data.subjects", "[3, 1, 1]", "--data.per_subject", "6",
+               "--data.batch_size", "6", "--data.num_workers", "0", "--data.val_fraction", "0.2", "--model.lr", "2e-3",
+               "--model.label_smoothing", "0", "--trainer.max_epochs", "12", "--trainer.accelerator", "cpu",
+               "--trainer.enable_progress_bar", "false", "--run.wandb", "false"]
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "microexp" / "synthetic.yaml"
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
     """Five subjects, five folds, two at a time, with the light ROI-Transformer on optical-flow features."""
-    out = tmp_path / "loso"
-    args = ["--model.arch", "roi_transformer", "--data.inputs", "roi_flow", "--data.feature_cache", str(tmp_path / "flow"),
-            "--data.image_size", "64", "--data.clip_length", "8", "--data.subjects", "[3, 1, 1]",
-            "--data.per_subject", "6", "--data.batch_size", "6", "--data.num_workers", "0", "--data.val_fraction", "0.2",
-            "--model.lr", "2e-3", "--model.label_smoothing", "0", "--trainer.max_epochs", "12",
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--run.wandb", "false"]
-    config = Path(__file__).resolve().parents[1] / "configs" / "microexp" / "synthetic.yaml"
-    command = ["run", "--task", "microexp", "--config", str(config), "--parallel", "2", "--out", str(out)]
+    tmp = tmp_path_factory.mktemp("loso")
+    out, args = tmp / "loso", [*LIGHT_MICRO, "--data.feature_cache", str(tmp / "flow")]
+    command = ["run", "--task", "microexp", "--config", str(CONFIG), "--parallel", "2", "--out", str(out)]
     assert loso_main([*command, "--", *args]) == 0
+    return out, command, args
+
+
+def reuse_fold_table(planned: Path, out: Path) -> None:
+    """The same recipe gives the same table: copying it spares a second planning run."""
+    out.mkdir(parents=True)
+    shutil.copy(planned / "folds.csv", out / "folds.csv")
+
+
+def fold_predictions(out: Path, fold: int) -> list[dict]:
+    run = json.loads((out / "loso.json").read_text())["folds"][str(fold)]
+    return sorted(csv.DictReader(open(Path(run["test_dir"]) / "predictions.csv")), key=lambda r: r["sample"])
+
+
+def test_loso_over_synthetic_subjects_scores_well_above_chance_and_reruns_a_fold(local_run):
+    out, command, args = local_run
     manifest = json.loads((out / "loso.json").read_text())
     assert sorted(manifest["folds"], key=int) == [str(k) for k in range(5)]
     assert all(f["status"] == "done" for f in manifest["folds"].values())
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 5 * 6 and len({r["sample"] for r in rows}) == 30
+    planned = {r["subject"]: int(r["fold"]) for r in csv.DictReader(open(out / "folds.csv"))}
     for fold, run in manifest["folds"].items():
         held_out = {r["subject"] for r in csv.DictReader(open(Path(run["test_dir"]) / "predictions.csv"))}
         table = {r["subject"]: int(r["fold"]) for r in csv.DictReader(open(Path(run["fit_dir"]) / "folds.csv"))}
+        assert table == planned, "every fold must use the table planned before the folds ran"
         assert held_out == {s for s, f in table.items() if f == int(fold)}
         assert yaml.safe_load((Path(run["fit_dir"]) / "config.yaml").read_text())["run"]["group"] == "loso"
     scores = json.loads((out / "scores.json").read_text())
     assert scores["samples"] == 30 and scores["uf1"] >= 0.6 and scores["uar"] >= 0.6, scores  # chance: 1/3
 
-    # a crashed fold is re-run alone and the aggregate rewritten
+    # a crashed fold is re-run alone, with the same result, and the aggregate rewritten
+    before = fold_predictions(out, 2)
     manifest["folds"]["2"]["status"] = "failed"
     (out / "loso.json").write_text(json.dumps(manifest))
     (out / "scores.json").unlink()
@@ -119,3 +145,92 @@ def test_loso_over_synthetic_subjects_scores_well_above_chance_and_reruns_a_fold
     rerun = json.loads((out / "loso.json").read_text())["folds"]["2"]
     assert rerun["status"] == "done" and rerun["fit_dir"] != manifest["folds"]["2"]["fit_dir"]
     assert json.loads((out / "scores.json").read_text())["samples"] == 30
+    assert [(r["sample"], r["pred"]) for r in fold_predictions(out, 2)] == [(r["sample"], r["pred"]) for r in before]
+
+
+def test_ray_runs_folds_as_tasks_with_the_same_results_as_local(local_run, tmp_path, capsys):
+    pytest.importorskip("ray")
+    out, _, args = local_run
+    ray_out = tmp_path / "ray"
+    reuse_fold_table(out, ray_out)
+    command = ["run", "--task", "microexp", "--config", str(CONFIG), "--launcher", "ray", "--folds", "0,1,2",
+               "--out", str(ray_out)]
+    assert loso_main([*command, "--", *args]) == 1  # 3 of 5 folds: no pooled file yet, and it says so
+    assert "3 of 5 folds done" in capsys.readouterr().err
+    manifest = json.loads((ray_out / "loso.json").read_text())
+    assert {k: f["status"] for k, f in manifest["folds"].items()} == {"0": "done", "1": "done", "2": "done"}
+    for fold in range(3):
+        mine, theirs = fold_predictions(ray_out, fold), fold_predictions(out, fold)
+        assert [(r["sample"], r["pred"]) for r in mine] == [(r["sample"], r["pred"]) for r in theirs]
+        assert np.allclose([[float(r[f"p_{c}"]) for c in CLASSES] for r in mine],
+                           [[float(r[f"p_{c}"]) for c in CLASSES] for r in theirs], atol=1e-4)
+    pooled = lambda root: [Path(json.loads((root / "loso.json").read_text())["folds"][str(k)]["test_dir"]) /
+                           "predictions.csv" for k in range(3)]
+    assert loso_main(["score", *map(str, pooled(ray_out)), "--json"]) == 0
+    ray_scores = json.loads(capsys.readouterr().out)
+    assert loso_main(["score", *map(str, pooled(out)), "--json"]) == 0
+    local_scores = json.loads(capsys.readouterr().out)
+    assert (ray_scores["uf1"], ray_scores["uar"]) == (local_scores["uf1"], local_scores["uar"])
+
+
+def sbatch_directives(script: str) -> dict[str, str]:
+    directives = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH"):
+            key, _, value = line.split(None, 1)[1].partition("=")
+            assert key.startswith("--") and value, line
+            directives[key[2:]] = value
+    return directives
+
+
+def array_indices(spec: str) -> list[int]:
+    spec = spec.split("%")[0]
+    indices = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        indices += list(range(int(first), int(last or first) + 1))
+    return indices
+
+
+def test_slurm_array_script_has_one_valid_task_per_fold(tmp_path, capsys):
+    from common.data.splits import save_folds
+
+    out = tmp_path / "megc"
+    out.mkdir()
+    save_folds(out / "folds.csv", {f"s{k:02d}": k for k in range(68)})  # a composite MEGC2019 table: 68 folds
+    command = ["run", "--task", "microexp", "--config", str(CONFIG), "--launcher", "slurm", "--out", str(out),
+               "--gpus-per-fold", "2", "--time", "02:30:00", "--partition", "gpu", "--parallel", "8"]
+    assert loso_main([*command, "--", "--trainer.max_epochs", "3"]) == 0
+    assert "score --run" in capsys.readouterr().out
+    script = (out / "loso.sbatch").read_text()
+    directives = sbatch_directives(script)
+    assert array_indices(directives["array"]) == list(range(68)) and directives["array"].endswith("%8")
+    assert directives["gres"] == "gpu:2" and directives["time"] == "02:30:00" and directives["partition"] == "gpu"
+    assert set(directives) <= {"job-name", "array", "ntasks", "gres", "cpus-per-task", "time", "output", "mem",
+                               "partition", "account"}
+    assert "%a" in directives["output"] and int(directives["cpus-per-task"]) > 0
+    body = [line for line in script.splitlines() if line and not line.startswith("#")]
+    assert any("--data.fold $SLURM_ARRAY_TASK_ID" in line and "--trainer.max_epochs 3" in line for line in body)
+    assert subprocess.run(["bash", "-n", str(out / "loso.sbatch")]).returncode == 0
+
+    # a re-run writes only the folds not yet done
+    manifest = json.loads((out / "loso.json").read_text())
+    manifest["folds"] = {str(k): {"fold": k, "status": "done"} for k in range(60)}
+    (out / "loso.json").write_text(json.dumps(manifest))
+    assert loso_main([*command, "--", "--trainer.max_epochs", "3"]) == 0
+    assert array_indices(sbatch_directives((out / "loso.sbatch").read_text())["array"]) == list(range(60, 68))
+
+
+def test_an_array_task_of_the_slurm_script_trains_tests_and_records_its_fold(local_run, tmp_path):
+    out, _, args = local_run
+    slurm_out = tmp_path / "slurm"
+    reuse_fold_table(out, slurm_out)
+    assert loso_main(["run", "--task", "microexp", "--config", str(CONFIG), "--launcher", "slurm", "--out",
+                      str(slurm_out), "--", *args]) == 0
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "3"}
+    task = subprocess.run(["bash", str(slurm_out / "loso.sbatch")], env=env, capture_output=True, text=True)
+    assert task.returncode == 0, task.stderr[-2000:]
+    assert json.loads((slurm_out / "loso.json").read_text())["folds"]["3"]["status"] == "done"
+    assert [(r["sample"], r["pred"]) for r in fold_predictions(slurm_out, 3)] == \
+        [(r["sample"], r["pred"]) for r in fold_predictions(out, 3)]
+    assert loso_main(["score", "--run", str(slurm_out)]) == 1  # one fold of five: nothing pooled yet
