@@ -16,7 +16,7 @@ from common.contract import Contract
 from common.figures import confusion_figure, per_class_figure, publish
 from common.metrics import classification_metrics, split_results
 from common.mixing import make_mixer, mix_batch
-from common.optim import build_optimizer, build_scheduler, is_sam
+from common.optim import LayerOf, build_optimizer, build_scheduler, is_sam
 from common.predictions import PredictionWriter
 
 
@@ -34,6 +34,8 @@ class TaskModule(L.LightningModule):
         min_lr_ratio: final learning rate of the cosine schedule, relative to `lr`.
         sam_rho: SAM's neighbourhood radius.
         lr_step_epochs: epochs between decays of the step schedule.
+        layer_decay: layer-wise learning-rate decay (1.0: none); layer l of L trains at lr * layer_decay^(L - l)
+            (models that define `lr_layer_of`, e.g. VideoMAE).
 
     Subclasses implement `compute_loss(batch)`; the training step (plain or SAM) is shared.
     """
@@ -43,11 +45,14 @@ class TaskModule(L.LightningModule):
 
     def __init__(self, optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.05,
                  scheduler: str = "cosine", warmup_epochs: float = 0.0, lr_gamma: float = 0.9,
-                 min_lr_ratio: float = 0.01, sam_rho: float = 0.05, lr_step_epochs: int = 10):
+                 min_lr_ratio: float = 0.01, sam_rho: float = 0.05, lr_step_epochs: int = 10,
+                 layer_decay: float = 1.0):
         super().__init__()
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"--model.layer_decay must be in (0, 1], got {layer_decay}")
         self.optim_config = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
                                  warmup_epochs=warmup_epochs, lr_gamma=lr_gamma, min_lr_ratio=min_lr_ratio,
-                                 sam_rho=sam_rho, lr_step_epochs=lr_step_epochs)
+                                 sam_rho=sam_rho, lr_step_epochs=lr_step_epochs, layer_decay=layer_decay)
         self.run_config: str | None = None
         # SAM runs its two passes itself; everything else keeps Lightning's loop
         self.automatic_optimization = not is_sam(optimizer)
@@ -58,9 +63,15 @@ class TaskModule(L.LightningModule):
     def arch_name(self) -> str:
         return type(self).__name__
 
+    @property
+    def lr_layer_of(self) -> LayerOf | None:
+        """Parameter name -> (its layer, the deepest layer), for layer-wise lr decay; None: no layers."""
+        return None
+
     def configure_optimizers(self):
         cfg = self.optim_config
-        optimizer = build_optimizer(self, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["sam_rho"])
+        optimizer = build_optimizer(self, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["sam_rho"],
+                                    cfg["layer_decay"], self.lr_layer_of)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(optimizer, cfg["scheduler"], total, per_epoch, cfg["warmup_epochs"],

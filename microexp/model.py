@@ -157,6 +157,16 @@ class VideoMAE(nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(self.trainable_when_frozen(name))
 
+    def lr_layer(self, name: str) -> tuple[int, int]:
+        """(layer, deepest) for layer-wise lr decay: the patch embedding is layer 0, block i is i + 1, the final
+        norm and head are depth + 1."""
+        deepest = self.config.depth + 1
+        if name.startswith("patch_embed."):
+            return 0, deepest
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1, deepest
+        return deepest, deepest
+
     def encoder_parameters(self) -> int:
         """Parameters of the VideoMAE encoder itself (what the paper counts): no adapters, no head."""
         return sum(p.numel() for n, p in self.named_parameters() if ".adapter." not in n and not n.startswith("head."))
@@ -199,7 +209,8 @@ class CNNLSTM(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
-        self.lstm = nn.LSTM(self.backbone.num_features, hidden, layers, batch_first=True, dropout=dropout)
+        self.lstm = nn.LSTM(self.backbone.num_features, hidden, layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)  # torch applies it between layers only
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:

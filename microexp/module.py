@@ -8,7 +8,7 @@ import torch
 
 from common.module import ClassificationModule
 from microexp.contract import CONTRACT
-from microexp.model import FEATURE_ARCHS, build, load_weights
+from microexp.model import FEATURE_ARCHS, VideoMAE, build, load_weights
 
 # Clips change little frame to frame and micro-expressions are small: a crop and a flip, no colour jitter
 # (which would differ in strength from what the face does), no erasing of the moving region.
@@ -26,7 +26,10 @@ class MicroExpModule(ClassificationModule):
         pretrained: a local VideoMAE V2 checkpoint (e.g. vit_s_k710_dl_from_giant.pth), or timm ResNet-18
             weights for cnn_lstm; read when a run starts from scratch, never when a checkpoint is restored.
         freeze_backbone: train adapters, norms and head only (VideoMAE).
-        adapter_ratio, drop_path, head_dropout, grad_checkpointing: VideoMAE options (see microexp.model).
+        adapter_ratio, drop_path, head_dropout, grad_checkpointing: VideoMAE options (see microexp.model);
+            `--model.layer_decay` (layer-wise lr decay) applies to VideoMAE's blocks.
+        hidden_size, num_layers: the CNN+LSTM's LSTM (the toolkit's 128 and 2).
+        dropout: the CNN+LSTM's dropout between LSTM layers (0.3) or the ROI-Transformer's (0.1); None: those.
         allow_pickle: read weight files that pickle more than tensors (trusted files only).
 
     The remaining arguments (augmentation, Mixup/CutMix, loss, optimiser) are `ClassificationModule`'s and
@@ -39,12 +42,16 @@ class MicroExpModule(ClassificationModule):
     def __init__(self, class_names: Sequence[str], image_size: int = 224, clip_length: int = 16,
                  arch: str = "videomae_s", pretrained: str | None = None, freeze_backbone: bool = False,
                  adapter_ratio: float = 0.25, drop_path: float = 0.1, head_dropout: float = 0.0,
-                 grad_checkpointing: bool = False, allow_pickle: bool = False, augment=CLIP_AUGMENTATION, **kwargs):
+                 grad_checkpointing: bool = False, hidden_size: int = 128, num_layers: int = 2,
+                 dropout: float | None = None, allow_pickle: bool = False, augment=CLIP_AUGMENTATION, **kwargs):
         super().__init__(class_names, image_size, augment=augment, **kwargs)
         self.save_hyperparameters()
         self.arch, self.clip_length = arch, clip_length
-        options = dict(adapter_ratio=adapter_ratio, freeze_backbone=freeze_backbone, drop_path=drop_path,
-                       head_dropout=head_dropout, grad_checkpointing=grad_checkpointing) if arch.startswith("videomae") else {}
+        chosen_dropout = {} if dropout is None else {"dropout": dropout}
+        options = {"cnn_lstm": dict(hidden=hidden_size, layers=num_layers, **chosen_dropout),
+                   "roi_transformer": chosen_dropout}.get(arch, dict(
+                       adapter_ratio=adapter_ratio, freeze_backbone=freeze_backbone, drop_path=drop_path,
+                       head_dropout=head_dropout, grad_checkpointing=grad_checkpointing))
         self.net = build(arch, len(class_names), clip_length, image_size, **options)
         self.reads_features = arch in FEATURE_ARCHS
         if self.reads_features:
@@ -53,6 +60,12 @@ class MicroExpModule(ClassificationModule):
     @property
     def arch_name(self) -> str:
         return self.arch
+
+    @property
+    def lr_layer_of(self):
+        if not isinstance(self.net, VideoMAE):
+            return None
+        return lambda name: self.net.lr_layer(name.removeprefix("net."))
 
     def setup(self, stage: str) -> None:
         inputs = getattr(getattr(self.trainer, "datamodule", None), "inputs", None)

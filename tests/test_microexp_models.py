@@ -215,3 +215,35 @@ def test_one_head_per_dataset_scores_each_sample_within_its_dataset():
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
     with pytest.raises(ValueError, match="mixup_alpha 0"):
         MicroExpModule([f"c{i}" for i in range(8)], class_groups=groups, mixup_alpha=0.2, **TINY)
+
+
+def test_search_space_options_reach_the_networks():
+    lstm = MicroExpModule(["a", "b", "c"], arch="cnn_lstm", image_size=32, clip_length=4, hidden_size=48,
+                          num_layers=3, dropout=0.45).net.lstm
+    assert (lstm.hidden_size, lstm.num_layers, lstm.dropout) == (48, 3, 0.45)
+    assert MicroExpModule(["a", "b"], arch="cnn_lstm", image_size=32).net.lstm.dropout == 0.3  # the toolkit's
+    roi = MicroExpModule(["a", "b"], arch="roi_transformer", clip_length=4, dropout=0.25).net
+    assert roi.head[2].p == 0.25
+    adapters = MicroExpModule(["a", "b"], adapter_ratio=0.5, drop_path=0.2, **TINY).net
+    assert adapters.blocks[0].adapter.down.out_features == 32
+    assert adapters.blocks[-1].drop_path.drop_prob == pytest.approx(0.2)
+
+
+def test_layer_wise_lr_decay_scales_each_block():
+    from common.optim import build_optimizer
+
+    module = MicroExpModule(["a", "b"], **TINY, layer_decay=0.5)
+    optimizer = build_optimizer(module, "adamw", 1e-3, 0.05, layer_decay=0.5, layer_of=module.lr_layer_of)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    names = dict(module.named_parameters())
+    assert len(lr_of) == len(names)  # every parameter in exactly one group
+    depth = len(module.net.blocks)
+    assert lr_of[id(names["net.head.weight"])] == (pytest.approx(1e-3), 0.05)
+    assert lr_of[id(names["net.patch_embed.proj.weight"])][0] == pytest.approx(1e-3 * 0.5 ** (depth + 1))
+    for i in range(depth):
+        lr, decay = lr_of[id(names[f"net.blocks.{i}.attn.qkv.weight"])]
+        assert lr == pytest.approx(1e-3 * 0.5 ** (depth - i)) and decay == 0.05
+        assert lr_of[id(names[f"net.blocks.{i}.norm1.weight"])] == (pytest.approx(lr), 0.0)
+    with pytest.raises(ValueError, match="layer_decay"):
+        baseline = MicroExpModule(["a", "b"], arch="cnn_lstm", image_size=32)
+        build_optimizer(baseline, "adamw", 1e-3, 0.05, layer_decay=0.8, layer_of=baseline.lr_layer_of)
