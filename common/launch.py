@@ -23,7 +23,7 @@ from common.predictions import PREDICTIONS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHERS = ("local", "ray", "slurm")
-POLL_SECONDS = 2.0
+POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -152,17 +152,15 @@ class LocalLauncher:
     def __init__(self, parallel: int = 1, gpus: Sequence[int] = (), retries: int = 0):
         self.parallel, self.retries = max(1, parallel), retries
         gpus = list(gpus)
-        self.slots = [gpus[i % len(gpus)] if gpus else None for i in range(self.parallel)]
+        self.free: queue.Queue = queue.Queue()  # shared by concurrent calls (trials of a search): one pool of slots
+        for i in range(self.parallel):
+            self.free.put(gpus[i % len(gpus)] if gpus else None)
         self.threads = max(1, (os.cpu_count() or 1) // self.parallel)
 
     def run(self, jobs: Sequence[FoldJob], started: Notify, finished: Notify,
             poll: Callable[[], None] | None = None) -> list[FoldRun]:
-        free: queue.Queue = queue.Queue()
-        for gpu in self.slots:
-            free.put(gpu)
-
         def one(job: FoldJob) -> FoldRun:
-            gpu = free.get()
+            gpu = self.free.get()
             try:
                 for attempt in range(1, self.retries + 2):
                     started(FoldRun(job.fold, status="running", attempts=attempt))
@@ -173,7 +171,7 @@ class LocalLauncher:
                     announce(run)
                 return run
             finally:
-                free.put(gpu)
+                self.free.put(gpu)
 
         results = []
         with ThreadPoolExecutor(max_workers=self.parallel) as executor:

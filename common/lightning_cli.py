@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -98,9 +99,10 @@ class TaskCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = make_loggers(settings, run_dir, name, group, tags, self.subcommand)
         kwargs["default_root_dir"] = str(run_dir)
-        callbacks = list(trainer_config.get("callbacks") or [])
+        callbacks = list(trainer_config.get("callbacks") or []) + [FlushMetrics()]
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = callbacks + [RichProgressBar() if sys.stdout.isatty() else LineProgress()]
+            callbacks.append(RichProgressBar() if sys.stdout.isatty() else LineProgress())
+        kwargs["callbacks"] = callbacks
         rank_zero_info(f"run directory: {run_dir}")
         return super().instantiate_trainer(**kwargs)
 
@@ -143,6 +145,16 @@ class TaskCLI(LightningCLI):
             for parent in (self.run_dir.parent, self.run_dir.parent.parent):
                 if parent.is_dir() and not any(parent.iterdir()):
                     parent.rmdir()
+
+
+class FlushMetrics(Callback):
+    """metrics.csv is written at the end of every epoch, validation included, so whoever watches a run (a
+    pruning search, a user with `tail`) sees each epoch as it ends instead of every hundred steps."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()
 
 
 def _checkpoint_step(path: Path) -> int:

@@ -243,8 +243,8 @@ class Manifest:
 
 def planned_folds(out: Path, task: str, config: str, extra: Sequence[str]) -> dict[str, int]:
     """The subject -> fold table every fold will use, made once before any fold trains (a fit of zero epochs reads
-    the annotations and writes folds.csv), kept as `<out>/folds.csv`. A dataset that cannot be read fails here,
-    once, instead of in every fold."""
+    the annotations and writes folds.csv), kept as `<out>/folds.csv` beside the resolved recipe
+    (`<out>/config.yaml`). A dataset that cannot be read fails here, once, instead of in every fold."""
     import shutil
     import tempfile
 
@@ -263,6 +263,7 @@ def planned_folds(out: Path, task: str, config: str, extra: Sequence[str]) -> di
             made = list(scratch.glob(f"*/*/version_*/{FOLDS_FILE}"))
             if plan.returncode != 0 or not made:
                 raise ValueError(f"the folds of {config} could not be made:\n{last_lines(plan.stderr)}")
+            shutil.copy(made[0].parent / "config.yaml", out / "config.yaml")
             shutil.copy(made[0], saved)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -276,9 +277,10 @@ def fold_count(out: Path) -> int | None:
     return max(load_folds(saved).values()) + 1 if saved.is_file() else None
 
 
-def fold_jobs(manifest: Manifest, out: Path, folds: Iterable[int], stages=("fit", "test")) -> list[FoldJob]:
-    return [FoldJob(manifest.task, manifest.config, k, manifest.extra, str(out / "folds"), out.name, tuple(stages))
-            for k in folds]
+def fold_jobs(manifest: Manifest, out: Path, folds: Iterable[int], stages=("fit", "test"),
+              group: str | None = None) -> list[FoldJob]:
+    return [FoldJob(manifest.task, manifest.config, k, manifest.extra, str(out / "folds"), group or out.name,
+                    tuple(stages)) for k in folds]
 
 
 def folds_to_run(text: str, manifest: Manifest, total: int) -> list[int]:
@@ -355,17 +357,22 @@ def aggregate(manifest: Manifest, out: Path) -> int:
         print(f"{len(done)} of {total if total is not None else '?'} folds done; the pooled scores are written when "
               f"every fold has its predictions", file=sys.stderr)
         return 1
-    test_dirs = [Path(manifest.folds[k].test_dir) for k in range(total)]
+    score_folds([Path(manifest.folds[k].test_dir) for k in range(total)], out)
+    return 0
+
+
+def score_folds(test_dirs: Sequence[Path], out: Path) -> dict:
+    """Pool the test predictions of these folds into `out`, print and return the scores (scores.json's content)."""
     if all((d / "ground_truth.csv").is_file() for d in test_dirs):  # interval spotting: MEGC spotting rules
         from spotting.evaluate import pool_folds
 
         print("\n".join(pool_folds(test_dirs, out)))
-        return 0
+        return json.loads((out / "scores.json").read_text())
     rows, classes = pool(d / PREDICTIONS_FILE for d in test_dirs)
     scores = report(rows, classes)
     write_report(out, rows, classes, scores)
     print("\n".join(summary_lines(scores)))
-    return 0
+    return scores
 
 
 def parse_folds(text: str) -> list[int] | None:
