@@ -16,8 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from common.errors import concise
 from common.progress import LineProgress
 from common.tasks import TaskSpec
-from common.tracking import (RUN_DIR_ENV, RunSettings, latest_run_with_last_checkpoint, make_loggers, new_run_dir,
-                             trim_metrics)
+from common.tracking import (RUN_DIR_ENV, RunSettings, is_global_zero, latest_run_with_last_checkpoint, make_loggers,
+                             new_run_dir, trim_metrics)
 
 DEFAULT_ROOT = "runs"
 
@@ -117,9 +117,11 @@ class TaskCLI(LightningCLI):
         return name, settings.group or f"{self.task}-{dataset}", tags
 
     def resolve_run_dir(self, base: Path, config) -> Path:
-        """Rank 0 picks the directory; DDP ranks it launches inherit the choice through the environment."""
-        if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-            return Path(os.environ[RUN_DIR_ENV])
+        """Rank 0 of the job picks the directory. The ranks Lightning launches on its node inherit the choice through
+        the environment; ranks on other nodes (torchrun, srun) never write to theirs: checkpoints, the fold table
+        and predictions reach rank 0's through Lightning's broadcast and a gather."""
+        if not is_global_zero():
+            return Path(os.environ.get(RUN_DIR_ENV) or new_run_dir(base))
         if config.get("ckpt_path") == "last":
             resumed = latest_run_with_last_checkpoint(base)
             if resumed is None:
@@ -140,7 +142,7 @@ class TaskCLI(LightningCLI):
         """A new run that failed before its first training step leaves no directory behind."""
         trainer = getattr(self, "trainer", None)
         started = trainer is not None and trainer.global_step > 0
-        if self.fresh_run and not started and self.run_dir is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if self.fresh_run and not started and self.run_dir is not None and is_global_zero():
             shutil.rmtree(self.run_dir, ignore_errors=True)
             for parent in (self.run_dir.parent, self.run_dir.parent.parent):
                 if parent.is_dir() and not any(parent.iterdir()):

@@ -50,25 +50,20 @@ class PredictionWriter:
 
 def write_joined(trainer, columns: Sequence[str], rows: list[dict], name: str = PREDICTIONS_FILE,
                  key: Sequence[str] = ("dataset", "sample")) -> Path | None:
-    """`name` in the run directory from every rank's rows (each rank writes its part, rank 0 joins them and drops
-    the repeats a distributed sampler pads with: rows with the same `key` columns); returns the file on rank 0."""
+    """`name` in rank 0's run directory from every rank's rows (gathered over the process group, so ranks on other
+    nodes need no shared disk; the repeats a distributed sampler pads with, rows with the same `key` columns, are
+    dropped); returns the file on rank 0."""
     out_dir = trainer.log_dir  # a collective under DDP: every rank asks
     if out_dir is None:
         return None
     final = Path(out_dir) / name
-    if trainer.world_size == 1:
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
         write_rows(final, columns, rows)
         return final
-    stem = Path(name).stem
-    part = Path(out_dir) / f"{stem}.rank{trainer.global_rank}.csv"
-    write_rows(part, columns, rows)
-    trainer.strategy.barrier()
+    parts: list[list[dict] | None] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, rows)
     if trainer.is_global_zero:
-        parts = [Path(out_dir) / f"{stem}.rank{r}.csv" for r in range(trainer.world_size)]
-        write_rows(final, columns, unique_rows((row for p in parts for row in read_predictions(p)), key))
-        for p in parts:
-            p.unlink()
-    trainer.strategy.barrier()
+        write_rows(final, columns, unique_rows((row for part in parts for row in part), key))
     return final if trainer.is_global_zero else None
 
 

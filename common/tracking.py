@@ -93,6 +93,7 @@ def make_loggers(settings: RunSettings, run_dir: Path, name: str, group: str, ta
 def run_csv_logger(run_dir: Path):
     """Lightning's CSVLogger writing `metrics.csv` in the run directory, appending to an existing file (a resumed
     run) where Lightning's own would delete it."""
+    from lightning.fabric.loggers.logger import rank_zero_experiment
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -104,6 +105,7 @@ def run_csv_logger(run_dir: Path):
 
     class RunCSVLogger(CSVLogger):
         @property
+        @rank_zero_experiment  # as Lightning's own: other ranks get a stand-in and make no directory
         def experiment(self):
             if self._experiment is None:
                 self._experiment = AppendingWriter(log_dir=self.log_dir)
@@ -137,7 +139,7 @@ def _wandb_logger(settings: RunSettings, run_dir: Path, name: str, group: str, t
     id_file = Path(run_dir) / WANDB_ID_FILE
     resumed = id_file.is_file()
     run_id = id_file.read_text().strip() if resumed else _new_wandb_id()
-    if not resumed and _is_rank_zero():
+    if not resumed and is_global_zero():
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
     logger = WandbLogger(
@@ -162,5 +164,12 @@ def _new_wandb_id() -> str:
     return secrets.token_hex(4)  # W&B's own ids are 8 lower-case characters too
 
 
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+# What each launcher tells a process about its place, before any trainer exists: torchrun (RANK, GROUP_RANK),
+# SLURM's srun (SLURM_PROCID), Lightning's own launcher (LOCAL_RANK, NODE_RANK).
+RANK_VARIABLES = ("RANK", "GROUP_RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of the whole job, every node counted: only that one makes the run directory,
+    the W&B run and the fold table."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)

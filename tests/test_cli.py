@@ -84,7 +84,8 @@ def test_ddp_two_cpu_processes_bf16(tmp_path):
     runs = versions(tmp_path)
     assert len(runs) == 1, f"both ranks must share one run directory, got {runs}"
     checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == 2
+    # 2 training subjects x 2 clips, shared by 2 ranks at batch 2: one step (a rank alone would take two)
+    assert checkpoint["global_step"] == 1
 
     # test on both ranks: one predictions file, each test sample once
     tested = run_train("--task", "emotion", "test", "--config", str(runs[0] / "config.yaml"),
@@ -275,3 +276,43 @@ def test_wrapped_messages_come_out_as_the_sentence_that_names_the_fault():
                        "  - Expected a <class 'NoneType'>\nGiven value: Namespace(...)")
     assert concise(union) == "--model.arch 'x' is bad"
     assert concise(KeyError("unknown dataset 'y'")) == "unknown dataset 'y'"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_under_slurm_share_one_run_directory_wandb_run_and_fold_table(tmp_path):
+    """Two processes with the variables srun gives one task on each of two nodes (Lightning detects SLURM)."""
+    import os
+    import subprocess
+    import sys
+
+    port, root = free_port(), tmp_path / "runs"
+    command = [sys.executable, str(REPO / "train.py"), "--task", "microexp", "fit", "--config",
+               str(REPO / "configs" / "microexp" / "synthetic.yaml"), "--model.arch", "videomae_tiny",
+               "--data.image_size", "32", "--data.clip_length", "4", "--data.subjects", "[2, 1, 1]",
+               "--data.per_subject", "2", "--data.batch_size", "2", "--data.num_workers", "0", "--data.fold", "0",
+               "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1",
+               "--trainer.strategy", "ddp", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+               "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--run.root", str(root)]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NAME": "facex", "SLURM_LOCALID": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+             "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen(command, cwd=REPO, env={**os.environ, **slurm, "SLURM_PROCID": str(r),
+                                                      "SLURM_NODEID": str(r)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    errors = [rank.communicate(timeout=300)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert "world_size=2" in errors[0].replace(" ", "") or "GLOBAL_RANK: 0, MEMBER: 1/2" in errors[0], errors[0][-2000:]
+    runs = sorted(root.glob("microexp/*/version_*"))
+    assert len(runs) == 1, f"one run directory for the whole job, got {runs}"
+    assert len(list(tmp_path.rglob("wandb_run_id"))) == 1 and len(list(tmp_path.rglob("offline-run-*"))) == 1
+    assert len(list(tmp_path.rglob("folds.csv"))) == 1 and (runs[0] / "folds.csv").is_file()
+    checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # 2 training subjects x 2 clips, shared by 2 ranks at batch 2: one step (a rank alone would take two)
+    assert checkpoint["global_step"] == 1

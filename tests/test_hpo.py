@@ -147,6 +147,7 @@ def test_a_study_prunes_resumes_without_losing_a_trial_and_writes_a_best_recipe(
 
 def test_validation_objective_never_reads_the_held_out_subject(tmp_path):
     """Fold 0's held-out subject has unreadable frames: a search that touched them would fail."""
+    from common.data.readers import ReadError
     from common.data.splits import make_folds
     from common.synth.formats.microexp import write_casme2
     from microexp.data import MicroExpDataModule
@@ -160,7 +161,7 @@ def test_validation_objective_never_reads_the_held_out_subject(tmp_path):
                 val_fraction=0.5)
     check = MicroExpDataModule(**data)
     check.setup("fit")
-    with pytest.raises(Exception):  # reading the held-out subject does fail
+    with pytest.raises(ReadError, match=held_out):  # reading the held-out subject does fail, naming it
         check.test_set[0]
 
     space = write_space(tmp_path / "lr.yaml", "parameters:\n  model.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
