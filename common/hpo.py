@@ -153,16 +153,19 @@ def as_arguments(params: dict[str, Any]) -> list[str]:
 
 
 def epoch_values(metrics_file: Path, monitor: str) -> dict[int, float]:
-    """Epoch -> the monitored validation value, from a run's metrics.csv (a half-written last line is skipped)."""
+    """Epoch -> the monitored validation value, from a run's metrics.csv. A last line without its newline is being
+    written and is left for the next look ("0." may be the start of "0.83")."""
     if not metrics_file.is_file():
         return {}
+    lines = metrics_file.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
     values = {}
-    with open(metrics_file, newline="") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                values[int(float(row["epoch"]))] = float(row[monitor])
-            except (KeyError, TypeError, ValueError):
-                continue
+    for row in csv.DictReader(lines):
+        try:
+            values[int(float(row["epoch"]))] = float(row[monitor])
+        except (KeyError, TypeError, ValueError):
+            continue
     return values
 
 
@@ -557,10 +560,10 @@ def log_to_wandb(study, out: Path, search: Search, summary: dict) -> None:
     """One W&B run for the study, in the group of its fold runs: a table of the trials and the best trial."""
     import wandb
 
-    from common.tracking import WANDB_ID_FILE, _new_wandb_id, wandb_mode
+    from common.tracking import WANDB_ID_FILE, new_wandb_id, wandb_mode
 
     id_file = out / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else _new_wandb_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else new_wandb_id()
     id_file.write_text(run_id)
     run = wandb.init(project="facex", group=search.group, job_type="hpo", name=f"{search.group}-study", id=run_id,
                      resume="allow", dir=str(out), mode=wandb_mode(), config={"settings": study.user_attrs.get("settings")},

@@ -138,7 +138,7 @@ def _wandb_logger(settings: RunSettings, run_dir: Path, name: str, group: str, t
     mode = wandb_mode()
     id_file = Path(run_dir) / WANDB_ID_FILE
     resumed = id_file.is_file()
-    run_id = id_file.read_text().strip() if resumed else _new_wandb_id()
+    run_id = id_file.read_text().strip() if resumed else new_wandb_id()
     if not resumed and is_global_zero():
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
@@ -160,7 +160,7 @@ def _wandb_logger(settings: RunSettings, run_dir: Path, name: str, group: str, t
     return logger
 
 
-def _new_wandb_id() -> str:
+def new_wandb_id() -> str:
     return secrets.token_hex(4)  # W&B's own ids are 8 lower-case characters too
 
 

@@ -69,10 +69,10 @@ def test_trial_values_become_arguments_train_py_reads_back():
 
 def test_epoch_values_skip_a_half_written_line(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,train/loss,val/f1\n0,3,1.2,\n0,3,,0.4\n1,7,,0.6\n2,11,,0.")
-    assert epoch_values(path, "val/f1") == {0: 0.4, 1: 0.6, 2: 0.0}
-    path.write_text("epoch,step,train/loss,val/f1\n0,3,1.2,\n0,3,,0.4\n1,7,,")
-    assert epoch_values(path, "val/f1") == {0: 0.4}
+    path.write_text("epoch,step,train/loss,val/f1\n0,3,1.2,\n0,3,,0.4\n1,7,,0.6\n2,11,,0.")  # "0.83" on its way
+    assert epoch_values(path, "val/f1") == {0: 0.4, 1: 0.6}
+    path.write_text("epoch,step,train/loss,val/f1\n0,3,1.2,\n0,3,,0.4\n1,7,,0.6\n2,11,,0.83\n")
+    assert epoch_values(path, "val/f1") == {0: 0.4, 1: 0.6, 2: 0.83}
 
 
 # ---------------------------------------------------------------- a whole study

@@ -234,3 +234,28 @@ def test_an_array_task_of_the_slurm_script_trains_tests_and_records_its_fold(loc
     assert [(r["sample"], r["pred"]) for r in fold_predictions(slurm_out, 3)] == \
         [(r["sample"], r["pred"]) for r in fold_predictions(out, 3)]
     assert loso_main(["score", "--run", str(slurm_out)]) == 1  # one fold of five: nothing pooled yet
+
+
+def test_local_launcher_never_gives_one_gpu_to_two_running_folds(monkeypatch):
+    import threading
+    import time
+
+    from common import launch
+
+    running, lock, overlaps = {}, threading.Lock(), []
+
+    def fake_fold(job, gpu=None, threads=None):
+        with lock:
+            if gpu in running.values():
+                overlaps.append((job.fold, gpu))
+            running[job.fold] = gpu
+        time.sleep(0.05 * (1 + job.fold % 3))  # unequal lengths: folds finish out of order
+        with lock:
+            del running[job.fold]
+        return launch.FoldRun(job.fold, status="done")
+
+    monkeypatch.setattr(launch, "run_fold_job", fake_fold)
+    finished = []
+    jobs = [launch.FoldJob("microexp", "c.yaml", k) for k in range(9)]
+    launch.LocalLauncher(parallel=2, gpus=[0, 1]).run(jobs, started=lambda r: None, finished=finished.append)
+    assert not overlaps and sorted(r.fold for r in finished) == list(range(9))
