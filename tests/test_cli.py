@@ -315,3 +315,22 @@ def test_two_nodes_under_slurm_share_one_run_directory_wandb_run_and_fold_table(
     checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     # 2 training subjects x 2 clips, shared by 2 ranks at batch 2: one step (a rank alone would take two)
     assert checkpoint["global_step"] == 1
+
+
+@pytest.mark.parametrize("variables, zero", [
+    ({}, True),
+    ({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, True),       # torchrun, first process of node 0
+    ({"RANK": "2", "LOCAL_RANK": "0", "GROUP_RANK": "1"}, False),      # torchrun, first process of node 1
+    ({"SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, True),               # srun, task 0
+    ({"SLURM_PROCID": "3", "SLURM_LOCALID": "1"}, False),              # srun, a task of another node
+    ({"LOCAL_RANK": "1"}, False),                                       # Lightning's launcher, second device
+    ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),                     # Lightning across nodes, node 1
+])
+def test_only_rank_zero_of_the_whole_job_counts_as_rank_zero(monkeypatch, variables, zero):
+    from common.tracking import RANK_VARIABLES, is_global_zero
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert is_global_zero() is zero
