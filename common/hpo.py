@@ -393,6 +393,9 @@ def run_study(args: argparse.Namespace) -> int:
     if any(not 0 <= k < total for k in folds):
         raise ValueError(f"--folds {args.folds}: the fold table has folds 0-{total - 1}")
     monitor, mode = monitor_of(out)
+    if args.objective == "val" and args.metric not in (None, monitor):
+        raise ValueError(f"--metric {args.metric}: with --objective val a trial is scored on the checkpoint monitor "
+                         f"({monitor}); to search on another, pass -- --checkpoint.monitor {args.metric}")
     args.metric = args.metric or default_metric(args.objective, recipe)
     direction = ("maximize" if mode == "max" else "minimize") if args.objective == "val" else "maximize"
     study = open_study(args, out, direction)
