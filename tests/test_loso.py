@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -221,19 +221,33 @@ def test_slurm_array_script_has_one_valid_task_per_fold(tmp_path, capsys):
     assert array_indices(sbatch_directives((out / "loso.sbatch").read_text())["array"]) == list(range(60, 68))
 
 
-def test_an_array_task_of_the_slurm_script_trains_tests_and_records_its_fold(local_run, tmp_path):
-    out, _, args = local_run
-    slurm_out = tmp_path / "slurm"
-    reuse_fold_table(out, slurm_out)
-    assert loso_main(["run", "--task", "microexp", "--config", str(CONFIG), "--launcher", "slurm", "--out",
-                      str(slurm_out), "--", *args]) == 0
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "3"}
-    task = subprocess.run(["bash", str(slurm_out / "loso.sbatch")], env=env, capture_output=True, text=True)
-    assert task.returncode == 0, task.stderr[-2000:]
-    assert json.loads((slurm_out / "loso.json").read_text())["folds"]["3"]["status"] == "done"
-    assert [(r["sample"], r["pred"]) for r in fold_predictions(slurm_out, 3)] == \
-        [(r["sample"], r["pred"]) for r in fold_predictions(out, 3)]
-    assert loso_main(["score", "--run", str(slurm_out)]) == 1  # one fold of five: nothing pooled yet
+def test_an_array_task_runs_its_fold_and_records_it_beside_the_others(tmp_path, monkeypatch, capsys):
+    """What each index of the SLURM script runs (`common.loso fold ... --data.fold K`), with the fold's training
+    replaced: the fold it is given is run with the run's recipe and lands in the shared manifest."""
+    from common import launch, loso
+
+    seen = []
+
+    def fake_fold(job, gpu=None, threads=None):
+        seen.append((job.fold, job.config, job.extra, job.stages))
+        return launch.FoldRun(job.fold, fit_dir="f", test_dir="t", status="done", seconds=1.0)
+
+    monkeypatch.setattr(loso, "run_fold_job", fake_fold)
+    out = tmp_path / "slurm"
+    command = ["run", "--task", "microexp", "--config", str(CONFIG), "--launcher", "slurm", "--out", str(out)]
+    (out).mkdir()
+    (out / "folds.csv").write_text("subject,fold\na,0\nb,1\nc,2\nd,3\n")
+    assert loso_main([*command, "--", "--trainer.max_epochs", "3"]) == 0
+    task = next(line for line in (out / "loso.sbatch").read_text().splitlines() if "$SLURM_ARRAY_TASK_ID" in line)
+    argv = [a.replace("$SLURM_ARRAY_TASK_ID", "3") for a in shlex.split(task)]
+    assert argv[1:3] == ["-m", "common.loso"]
+    for fold in (3, 1):
+        argv[argv.index("--data.fold") + 1] = str(fold)
+        assert loso_main(argv[3:]) == 0
+    assert seen == [(k, str(CONFIG.resolve()), ["--trainer.max_epochs", "3"], ("fit", "test")) for k in (3, 1)]
+    folds = json.loads((out / "loso.json").read_text())["folds"]
+    assert {k: f["status"] for k, f in folds.items()} == {"1": "done", "3": "done"}
+    assert loso_main(["score", "--run", str(out)]) == 1 and "2 of 4 folds done" in capsys.readouterr().err
 
 
 def test_local_launcher_never_gives_one_gpu_to_two_running_folds(monkeypatch):
