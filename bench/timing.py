@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from common.export import median_ms  # noqa: F401  (the benchmarks' latency helper is the export report's)
+
 
 def seconds_per_step(step: Callable[[], None], steps: int) -> float:
     """Mean time of `steps` calls after one warm-up call (the first call pays for allocation)."""
@@ -29,16 +31,3 @@ def training_seconds_per_step(module, batch: dict, steps: int, lr: float = 1e-4,
         optimizer.step()
 
     return seconds_per_step(step, steps)
-
-
-def median_ms(run: Callable[[], object], runs: int) -> float:
-    """Median wall time of `runs` calls in milliseconds, after one warm-up call."""
-    import statistics
-
-    run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)

@@ -246,9 +246,9 @@ def _refuse_non_finite(path: Path, name: str, *arrays: np.ndarray) -> None:
 
 def _time(report: ExportReport, session, names, feeds, wrapper, inputs, runs: int) -> None:
     single = {k: v[:1] for k, v in feeds.items()}
-    report.ort_ms = _median_ms(lambda: session.run(names, single), runs)
+    report.ort_ms = median_ms(lambda: session.run(names, single), runs)
     with torch.no_grad():
-        report.torch_ms = _median_ms(lambda: wrapper(*(x[:1] for x in inputs)), runs)
+        report.torch_ms = median_ms(lambda: wrapper(*(x[:1] for x in inputs)), runs)
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, opset: int = 18, samples: int = 4,
@@ -266,7 +266,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, opset: int = 1
     return report
 
 
-def _median_ms(fn, runs: int) -> float:
+def median_ms(fn, runs: int) -> float:
+    """Median wall time of `runs` calls in milliseconds, after one warm-up call."""
     fn()
     times = []
     for _ in range(runs):

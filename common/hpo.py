@@ -95,10 +95,10 @@ def load_space(path: Path | str) -> Space:
         raise ValueError(f"{path}: unknown keys {unknown}; a space file has `parameters:` and `start:`")
     params = {}
     for name, spec in data["parameters"].items():
-        params[option_name(name)] = parse_param(path, option_name(name), spec)
+        params[option_name(path, name)] = parse_param(path, option_name(path, name), spec)
     start = []
     for i, point in enumerate(data.get("start") or []):
-        point = {option_name(k): v for k, v in (point or {}).items()}
+        point = {option_name(path, k): v for k, v in (point or {}).items()}
         for name, value in point.items():
             if name not in params:
                 raise ValueError(f"{path}: start point {i + 1} sets {name}, which is not a parameter of the space")
@@ -108,10 +108,10 @@ def load_space(path: Path | str) -> Space:
     return Space(params, start)
 
 
-def option_name(key: str) -> str:
+def option_name(path: Path, key: str) -> str:
     name = str(key).removeprefix("--")
     if name.split(".")[0] not in ("model", "data", "trainer", "checkpoint", "run") or "." not in name:
-        raise ValueError(f"search space parameter {key!r}: name a train.py option such as model.lr or data.batch_size")
+        raise ValueError(f"{path}: parameter {key!r}: name a train.py option such as model.lr or data.batch_size")
     return name
 
 
@@ -270,7 +270,6 @@ class Search:
         tags = ["--run.tags", json.dumps(["hpo", f"trial-{trial.number}"])]
         manifest = Manifest(out, self.task, self.config, [*self.extra, *as_arguments(params), *tags])
         manifest.record()
-        (out / "folds.csv").write_bytes((self.out / "folds.csv").read_bytes())
         stages = ("fit",) if self.objective == "val" else ("fit", "test")
         jobs = fold_jobs(manifest, out, self.folds, stages, group=self.group)
         reports = EpochReports(trial, jobs, self.monitor, self.epochs)
