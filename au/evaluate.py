@@ -2,7 +2,10 @@
 
 Occurrence: per AU, TP/FP/FN accumulated over the whole test fold at threshold 0.5, F1 per AU, and the mean over
 the dataset's standard AUs (BP4D 12, DISFA 8) and over all the AUs it labels; the folds of a protocol are scored
-one by one and averaged, as the papers do. Intensity: ICC(3,1) between prediction and label, and MAE, per AU.
+one by one and averaged, as the papers do. The standard-AU mean (`mean_f1_standard`) is reported wherever the
+dataset is known: at the top for a file of one dataset, per dataset always. Intensity: ICC(3,1) between prediction
+and label, and MAE, per AU; an ICC with no variance to explain (constant ratings) is undefined and reported as
+null, and a mean over none of them is null too.
 
 Prediction files use OpenFace's names: per AU `AU01_c` (occurrence 0/1), `AU01_r` (intensity 0-5, reported as 0
 where AU01_c is 0), `AU01_p` (probability), and where known `AU01_label` / `AU01_mask` (occurrence label and
@@ -20,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from common.labels import au_name, au_standard
-from runtime.decode import openface_columns  # noqa: F401 -- the application's decoding, re-exported
+from au.contract import openface_columns  # noqa: F401 -- the contract's column rule, for notebooks
 
 
 def f1_counts(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,8 +66,8 @@ def score_file(path: Path | str) -> dict:
     missing = [f"{au_name(au)}_label" for au in aus if f"{au_name(au)}_label" not in rows[0]]
     if missing:
         raise ValueError(f"{path}: no labels to score against (column {missing[0]} missing)")
-    report = score_rows(rows, aus)
     datasets = sorted({r["dataset"] for r in rows})
+    report = score_rows(rows, aus, datasets[0] if len(datasets) == 1 else None)
     report["by_dataset"] = {d: score_rows([r for r in rows if r["dataset"] == d], aus, d) for d in datasets}
     return report
 
@@ -82,7 +85,7 @@ def score_rows(rows: Sequence[dict], aus: Sequence[int], dataset: str | None = N
     labelled = mask.sum(0) > 0
     per_au = {n: {"f1": float(f), "annotated": int(m)} for n, f, m in zip(names, f1, mask.sum(0))}
     report = {"samples": len(rows), "per_au": per_au,
-              "mean_f1": float(f1[labelled].mean()) if labelled.any() else float("nan")}
+              "mean_f1": float(f1[labelled].mean()) if labelled.any() else None}
     try:
         standard = [au_name(au) for au in au_standard(dataset)] if dataset else []
     except KeyError:
@@ -96,23 +99,34 @@ def score_rows(rows: Sequence[dict], aus: Sequence[int], dataset: str | None = N
             known = column(rows, f"{n}_r_mask") > 0
             if known.sum() > 1:
                 raw, label = column(rows, f"{n}_r_raw")[known], column(rows, f"{n}_r_label")[known]
-                intensity[n] = {"icc": icc_3_1(raw, label), "mae": float(np.abs(raw - label).mean())}
+                icc = icc_3_1(raw, label)
+                intensity[n] = {"icc": icc if np.isfinite(icc) else None, "mae": float(np.abs(raw - label).mean())}
     if intensity:
         report["intensity"] = intensity
-        report["mean_icc"] = float(np.nanmean([v["icc"] for v in intensity.values()]))
+        report["mean_icc"] = mean_defined([v["icc"] for v in intensity.values()])
         report["mean_mae"] = float(np.mean([v["mae"] for v in intensity.values()]))
     return report
 
 
+def mean_defined(values) -> float | None:
+    """The mean of the values that are numbers; None (undefined) when none is, e.g. an ICC of constant ratings."""
+    defined = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(defined)) if defined else None
+
+
+SUMMARY_KEYS = ("mean_f1", "mean_f1_standard", "mean_icc", "mean_mae")
+
+
 def aggregate(folds: list[dict]) -> dict:
-    """The folds' scores and their means (the protocol's reported numbers)."""
-    keys = ("mean_f1", "mean_f1_standard", "mean_icc", "mean_mae")
-    summary = {k: float(np.mean([f[k] for f in folds])) for k in keys if all(k in f for f in folds)}
+    """The folds' scores and their means (the protocol's reported numbers); a fold whose ICC is undefined does not
+    enter the ICC mean, which is undefined (None) when no fold has one."""
     datasets = sorted({d for f in folds for d in f.get("by_dataset", {})})
-    summary["by_dataset"] = {d: {k: float(np.mean([f["by_dataset"][d][k] for f in folds if d in f["by_dataset"]]))
-                                 for k in keys if all(k in f["by_dataset"][d] for f in folds if d in f["by_dataset"])}
-                             for d in datasets}
-    return {**summary, "folds": folds}
+    by_dataset = {d: fold_means([f["by_dataset"][d] for f in folds if d in f["by_dataset"]]) for d in datasets}
+    return {**fold_means(folds), "by_dataset": by_dataset, "folds": folds}
+
+
+def fold_means(reports: list[dict]) -> dict:
+    return {k: mean_defined([r[k] for r in reports]) for k in SUMMARY_KEYS if all(k in r for r in reports)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,13 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"mean F1 over {len(report['folds'])} fold(s): {report['mean_f1']:.4f}"
-          + (f", standard AUs {report['mean_f1_standard']:.4f}" if "mean_f1_standard" in report else ""))
+    print(f"mean F1 over {len(report['folds'])} fold(s): {_number(report['mean_f1'])}"
+          + (f", standard AUs {_number(report['mean_f1_standard'])}" if "mean_f1_standard" in report else ""))
     for name, part in report["by_dataset"].items():
-        print(f"  {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in part.items()))
-    if "mean_icc" in report:
-        print(f"intensity: ICC(3,1) {report['mean_icc']:.4f}, MAE {report['mean_mae']:.4f}")
+        print(f"  {name}: " + ", ".join(f"{k} {_number(v)}" for k, v in part.items()))
+    if "mean_mae" in report:
+        print(f"intensity: ICC(3,1) {_number(report.get('mean_icc'))}, MAE {report['mean_mae']:.4f}")
     return 0
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Loading pretrained weights from local files through an explicit key remapping, and parameter counting."""
 from __future__ import annotations
 
+import argparse
 import pickle
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +45,17 @@ def _first(items: Iterable[str], n: int = _SHOWN_KEYS) -> str:
     return shown + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+# Objects that official checkpoints pickle beside their tensors and that are safe to rebuild: the training
+# script's argparse namespace (VideoMAE V2, and others saving `{'model': ..., 'args': args}`).
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> object:
     """Read a local .pth/.pt/.ckpt/.tar/.safetensors file onto the CPU.
 
-    Pickled files are opened with ``weights_only=True``; official research checkpoints sometimes also pickle
-    training objects (meters, numpy arrays) which that refuses. ``allow_pickle=True`` lifts the restriction and
-    must only be used for files from a trusted source, because unpickling can execute code.
+    Pickled files are opened with ``weights_only=True``, which also admits the objects in SAFE_GLOBALS; any other
+    pickled object is refused, because unpickling can execute code. ``allow_pickle=True`` lifts the restriction
+    and must only be used for files from a trusted source.
     """
     path = Path(path)
     if not path.is_file():
@@ -58,12 +65,15 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> object:
 
         return load_file(str(path), device="cpu")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a pickled {found.group(1)}" if found else "pickled objects"
         raise ValueError(
-            f"{path}: cannot be read as a weights-only checkpoint ({err}). If the file comes from a trusted "
-            "source, pass allow_pickle=True."
-        ) from err
+            f"{path}: holds {what} besides its tensors, which is refused because unpickling can run code. If the "
+            "file comes from a trusted source, pass --model.allow_pickle true."
+        ) from None
 
 
 def extract_state_dict(checkpoint: object, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -131,6 +141,7 @@ def load_pretrained(
     strip_prefixes: Iterable[str] = ("module.",),
     strict: bool = True,
     allow_pickle: bool = False,
+    fit_or_drop: Iterable[str] = (),
 ) -> LoadReport:
     """Load weights from a local file into ``module`` after renaming checkpoint keys with ``remap``.
 
@@ -142,6 +153,8 @@ def load_pretrained(
         strip_prefixes: wrapper prefixes removed when every key carries them.
         strict: raise ``ValueError`` on missing, unexpected or shape-mismatched keys. With ``strict=False`` the
             matching tensors are loaded and the problems are only reported.
+        fit_or_drop: module key prefixes (e.g. a classifier ``head.``) whose checkpoint tensors load when their
+            shapes fit and are dropped with a one-line notice when they do not (another task's classes).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -153,6 +166,7 @@ def load_pretrained(
     remapped, dropped, source_of = remap_state_dict(state_dict, remap, path)
 
     own = module.state_dict()
+    dropped += _drop_unfitting(remapped, own, tuple(fit_or_drop), path)
     prefixes = tuple(strict_prefixes) if strict_prefixes is not None else None
     required = [k for k in own if prefixes is None or k.startswith(prefixes)]
     report = LoadReport(path=str(path), dropped=dropped)
@@ -172,6 +186,21 @@ def load_pretrained(
         raise ValueError(_mismatch_message(module, report))
     module.load_state_dict(loadable, strict=False)
     return report
+
+
+def _drop_unfitting(remapped: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], prefixes: tuple[str, ...],
+                    path: str | Path) -> list[str]:
+    """Remove (in place) the tensors under `prefixes` whose shape differs from the module's; their keys."""
+    unfitting = [k for k, v in remapped.items() if prefixes and k.startswith(prefixes) and k in own
+                 and v.shape != own[k].shape]
+    if unfitting:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        shapes = ", ".join(f"{k} {tuple(remapped[k].shape)} vs {tuple(own[k].shape)}" for k in unfitting)
+        rank_zero_info(f"{path}: not loading {shapes}: it does not fit this model; it starts from random init")
+    for key in unfitting:
+        del remapped[key]
+    return unfitting
 
 
 def _mismatch_message(module: nn.Module, report: LoadReport) -> str:

@@ -59,6 +59,14 @@ def build(arch: str, num_classes: int, **kwargs) -> nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
 
 
+def refuse_weight_arguments(arch: str, model_kwargs: dict) -> None:
+    """Weight files named inside --model.model_kwargs would lose to the recipe's own options without a word."""
+    for argument, role in WEIGHT_ARGUMENTS.get(arch, {}).items():
+        if argument in model_kwargs:
+            raise ValueError(f"--model.model_kwargs.{argument}: give weight files with --model.{role}_weights "
+                             f"(model_kwargs is for the architecture's other arguments)")
+
+
 def split_weight_arguments(arch: str, kwargs: dict, files: WeightFiles) -> WeightFiles:
     """Take weight paths out of `kwargs` (model_kwargs of older configs); paths already in `files` win."""
     roles = {role: getattr(files, role) for role in ("pretrained", "backbone", "landmark")}

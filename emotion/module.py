@@ -7,7 +7,7 @@ import torch
 
 from common.module import ClassificationModule
 from emotion.contract import CONTRACT
-from emotion.model import WeightFiles, build, load_weights, split_weight_arguments
+from emotion.model import WeightFiles, build, load_weights, refuse_weight_arguments, split_weight_arguments
 
 
 class EmotionModule(ClassificationModule):
@@ -22,7 +22,8 @@ class EmotionModule(ClassificationModule):
         backbone_weights: DAN's ResNet-18 trunk (`resnet18_msceleb.pth`) or POSTER++'s IR-50 (`ir50.pth`).
         landmark_weights: POSTER++'s MobileFaceNet (`mobilefacenet_model_best.pth.tar`).
         allow_pickle: read weight files that pickle more than tensors (trusted files only).
-        model_kwargs: other constructor arguments of the architecture (e.g. `{resize_mode: nearest}`).
+        model_kwargs: other constructor arguments of the architecture (e.g. `{resize_mode: nearest}`); weight
+            files are refused there (they belong in the options above).
 
     Weight files are read when a run starts from scratch, never when a checkpoint is restored. The remaining
     arguments (augmentation, Mixup/CutMix, loss, optimiser) are `ClassificationModule`'s and `TaskModule`'s.
@@ -39,6 +40,7 @@ class EmotionModule(ClassificationModule):
         self.save_hyperparameters()
         self.arch = arch
         architecture_kwargs = dict(model_kwargs or {})
+        refuse_weight_arguments(arch, architecture_kwargs)
         self.weight_files = split_weight_arguments(
             arch, architecture_kwargs, WeightFiles(pretrained, backbone_weights, landmark_weights, allow_pickle))
         self.net = build(arch, len(class_names), **architecture_kwargs)

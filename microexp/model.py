@@ -183,10 +183,10 @@ class VideoMAE(nn.Module):
 
 
 def videomae_key(key: str) -> str | None:
-    """An official checkpoint key -> ours; None drops it (the pre-training decoder, the head of another task,
-    the position table we compute)."""
+    """An official checkpoint key -> ours; None drops it (the pre-training decoder and mask token, the position
+    table we compute)."""
     key = key.removeprefix("encoder.")
-    if key.startswith(("decoder.", "encoder_to_decoder.", "mask_token", "head.", "pos_embed")):
+    if key.startswith(("decoder.", "encoder_to_decoder.", "mask_token", "pos_embed")):
         return None
     if key.startswith("norm."):  # pre-training checkpoints: the encoder's final norm is our fc_norm
         return "fc_norm." + key[len("norm."):]
@@ -194,11 +194,13 @@ def videomae_key(key: str) -> str | None:
 
 
 def load_videomae_checkpoint(model: VideoMAE, path: str | Path, allow_pickle: bool = False) -> LoadReport:
-    """Load an OpenGVLab VideoMAE V2 checkpoint into the encoder; adapters and head keep their initialisation.
-    A missing or mismatched tensor stops with a message naming the keys."""
+    """Load an OpenGVLab VideoMAE V2 checkpoint: the encoder, and the classifier head where its shape fits the
+    model's classes (a fine-tuned checkpoint then gives its own logits; a Kinetics-710 head is dropped with a
+    notice). Adapters keep their initialisation. A missing or mismatched encoder tensor stops with a message
+    naming the keys."""
     encoder = tuple(n for n in model.state_dict() if ".adapter." not in n and not n.startswith("head."))
     return load_pretrained(model, path, videomae_key, strict_prefixes=encoder, strip_prefixes=("module.", "model."),
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, fit_or_drop=("head.",))
 
 
 class CNNLSTM(nn.Module):

@@ -12,9 +12,10 @@ common/labels.yaml turn words into classes. Frame numbers are the numbers in the
     smic     no sheet: HS/s1/micro/{negative,positive,surprise}/s1_ne_01/*.bmp; the label is the folder, the
              interval its first..last frame, no apex. Subjects as the folders spell them (s1); MEGC lists spell
              them s01 (extra["megc_subject"]). 100 fps.
-    casme3   CAS(ME)³ Part A: annotation/casme3_partA_ME_label_JpgIndex_v2.xlsx, sheet `label` (numbers stored
-             as text); frames data/spNO.1/a/color/175.jpg, the subject folder matched case-insensitively (spNO
-             and spNo both occur). A Filename repeats within a subject (several expressions in one video): each
+    casme3   CAS(ME)³ Part A: cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx (sheet `label`, numbers stored as text),
+             or v1's cas(me)3_part_A_ME_label_JpgIndex_v1.xls (sheet `Sheet1`) or an .xlsx re-save of either,
+             found in the root, annotation/ or annotation/partA/ under any case; frames
+             data/spNO.1/a/color/175.jpg, the subject folder matched case-insensitively (spNO and spNo both occur). A Filename repeats within a subject (several expressions in one video): each
              row is its own sample. Rows whose apex lies outside the interval, or whose offset precedes the
              onset (offset 0 = not coded), are left out and counted. 30 fps.
 
@@ -31,12 +32,14 @@ from pathlib import Path
 from common.data import register_dataset, report_left_out
 from common.data.readers import list_frames
 from common.data.records import Interval, Sample
-from common.data.sheets import MissingImageError, excel_rows, sheet_error
+from common.data.sheets import MissingImageError, excel_rows, find_named, sheet_error, sheet_names
 
 CASME2_COLUMNS = ("Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion")
 SAMM_COLUMNS = ("Subject", "Filename", "Onset Frame", "Apex Frame", "Offset Frame", "Estimated Emotion")
 CASME3_COLUMNS = ("Subject", "Filename", "Onset", "Apex", "Offset", "emotion")
-CASME3_SHEETS = ("annotation/casme3_partA_ME_label_JpgIndex_v2.xlsx", "casme3_partA_ME_label_JpgIndex_v2.xlsx")
+CASME3_SHEETS = ("cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", "cas(me)3_part_A_ME_label_JpgIndex_v2.xls",
+                 "cas(me)3_part_A_ME_label_JpgIndex_v1.xlsx", "cas(me)3_part_A_ME_label_JpgIndex_v1.xls")
+CASME3_FOLDERS = ("", "annotation", "annotation/partA")
 SMIC_CLASSES = ("negative", "positive", "surprise")
 FPS = {"casme2": 200.0, "samm": 200.0, "smic": 100.0, "casme3": 30.0}
 
@@ -171,14 +174,12 @@ def smic_sample(subject: str, label: str, folder: Path) -> Sample:
 
 @register_dataset("casme3", task="microexp")
 def casme3(root: Path) -> list[Sample]:
-    sheet = next((root / c for c in CASME3_SHEETS if (root / c).is_file()), None)
-    if sheet is None:
-        raise FileNotFoundError(f"{root}: CAS(ME)³ Part A label sheet not found (looked for {', '.join(CASME3_SHEETS)})")
+    sheet = find_named(root, CASME3_SHEETS, CASME3_FOLDERS, "CAS(ME)³ Part A micro-expression label sheet")
     folders = {p.name.lower(): p for p in (root / "data").glob("*") if p.is_dir()}
     samples, left_out = [], Counter()
-    _, rows = excel_rows(sheet, CASME3_COLUMNS, sheet="label")
+    name, rows = excel_rows(sheet, CASME3_COLUMNS, sheet="label" if "label" in sheet_names(sheet) else None)
     for row, cells in rows:
-        onset, apex, offset = (frame_value(cells[c], sheet, "label", row, c) for c in ("Onset", "Apex", "Offset"))
+        onset, apex, offset = (frame_value(cells[c], sheet, name, row, c) for c in ("Onset", "Apex", "Offset"))
         if offset < onset:
             left_out["offset before onset (0 = not coded)"] += 1
             continue
@@ -188,8 +189,8 @@ def casme3(root: Path) -> list[Sample]:
         subject = str(cells["Subject"]).strip()
         subject_folder = folders.get(subject.lower())
         if subject_folder is None:
-            raise MissingImageError(f"{sheet}, sheet 'label', row {row}: no folder data/{subject} (any casing)")
-        folder = frame_folder(subject_folder / str(cells["Filename"]).strip() / "color", sheet, "label", row)
+            raise MissingImageError(f"{sheet}, sheet {name!r}, row {row}: no folder data/{subject} (any casing)")
+        folder = frame_folder(subject_folder / str(cells["Filename"]).strip() / "color", sheet, name, row)
         samples.append(Sample("casme3", subject, "frames", folder, Interval(onset, apex, offset),
                               labels={"emotion": word(cells["emotion"]), "aus": str(cells.get("AU"))},
                               extra={"fps": FPS["casme3"]}))

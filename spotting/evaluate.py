@@ -4,21 +4,36 @@
     python -m spotting.evaluate --gt-dataset samm_lv --gt-root DIR --pred PRED.csv [--json]
     python -m spotting.evaluate --strs --gt GT.csv --pred PRED.csv [--json]
 
-MEGC2020 (the default). Files are submission CSVs `vid,onset,offset,type` with type `me` (micro) or `mae` (macro);
-several --gt or --pred files are concatenated (the folds of a LOSO run). IoU is taken over inclusive frame numbers:
-|A ∩ B| / |A ∪ B| with |[a, b]| = b - a + 1, and 0 where the intervals do not overlap (so an interval whose offset
-precedes its onset never hits). A ground-truth interval is hit when a prediction of its type reaches IoU >= 0.5.
-Per type, summed over all videos: hits = ground truths hit; a prediction that hits a ground truth another
-prediction already hit is not counted again (the official baseline's rule: counted predictions = predictions -
-(hit pairs - hits)); precision = hits / counted predictions, recall = hits / ground truths, F1 their harmonic mean.
-`macro` and `micro` are the two types, `overall` adds their counts.
+MEGC2020 (the default) follows the baseline's `result_helper.py` (`calc_iou`, `pred_clips_analysis`, the
+`F1_small` it reports). Files are submission CSVs `vid,onset,offset,type` with type `me` (micro) or `mae` (macro);
+several --gt or --pred files are concatenated (the folds of a LOSO run). Per type, summed over all videos:
+- IoU over inclusive frame numbers, |A ∩ B| / |A ∪ B| with |[a, b]| = b - a + 1; it is 0 when either interval's
+  offset is not after its onset (`calc_iou`'s `clip[1] <= clip[0]`): a one-frame interval never hits, on either
+  side. (`calc_iou` gives disjoint intervals a one-frame overlap; with both lengths >= 2 that never reaches 0.5,
+  so they score 0 here.)
+- a ground truth is hit (found) when some prediction of its type reaches IoU >= 0.5;
+- precision = ground truths found / all predictions (`precision_small = N_find_labels / N_clips`): a second
+  prediction on a ground truth already found lowers precision; recall = found / ground truths; F1 their harmonic
+  mean. `pred` in the output is every prediction. `macro` and `micro` are the two types, `overall` adds their
+  counts.
 
-MEGC2024 STRS (`--strs`). Files are `subject,video,onset,offset,emotion`. Within a video each prediction, in file
-order, takes the unmatched ground truth with the highest IoU >= 0.5 (each ground truth is matched at most once;
-a later prediction on a matched one is a false positive). Spotting F1 from those TP/FP/FN. Analysis looks at the
-true positives only: for each emotion (those of their ground truths and predictions), precision = correct /
-predicted as it, recall = correct / truly it (0 where nothing is predicted or true); analysis F1 is the harmonic
-mean of the mean precision and the mean recall; STRS = spotting F1 x analysis F1.
+MEGC2024 STRS (`--strs`) follows `strs_metric.py` (genbing99/STRS-Metric) except where noted. Files are
+`subject,video,onset,offset,emotion`; IoU over inclusive frame sets, no one-frame rule.
+- Spotting: within a video each prediction, in file order, takes the unmatched ground truth with the highest
+  IoU >= 0.5, or is a false positive; unmatched ground truths are false negatives. Here a prediction takes one
+  ground truth; the official loop lets it take every unmatched one it reaches (ground truths [10,20] and [10,21]
+  with one prediction [10,20]: here TP 1, FN 1; officially both TPs).
+- Analysis on the spotted true positives, over the emotions of the ground truth (all of it): per emotion,
+  precision = correct / predicted as it and recall = correct / truly it (0 where nothing is), averaged over those
+  emotions; analysis F1 is the harmonic mean of the two means; STRS = spotting F1 x analysis F1.
+- Where the official script has no value, this one has the defined one: when every true positive is one emotion
+  predicted right, officially NaN (sklearn's 1x1 confusion matrix scores it 0 everywhere), here precision and
+  recall 1 for it (so 1.0 when the ground truth has that emotion only); with no true positive, officially a
+  KeyError, here analysis F1 and STRS 0.
+- Scope: `strs`, `spot_f1`, `analysis_f1` count everything: ground truths of subjects without predictions are
+  false negatives and predictions on videos without ground truth false positives. The official script scores
+  only subjects that have predictions and, in them, videos that have ground truth, which flatters a model that
+  skips subjects; `official_scope` holds {strs, spot_f1, analysis_f1, tp, fp, fn} on that scope.
 """
 from __future__ import annotations
 
@@ -41,12 +56,14 @@ STRS_COLUMNS = ("subject", "video", "onset", "offset", "emotion")
 
 @dataclass(frozen=True)
 class Spot:
-    """An interval of one video, inclusive frame numbers; `label` is the type (MEGC2020) or the emotion (STRS)."""
+    """An interval of one video, inclusive frame numbers; `label` is the type (MEGC2020) or the emotion (STRS).
+    STRS files also name the subject (`video` is then `subject/video`)."""
 
     video: str
     onset: int
     offset: int
     label: str
+    subject: str = ""
 
 
 def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
@@ -57,33 +74,36 @@ def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     return (end - start + 1) / (max(a[1], b[1]) - min(a[0], b[0]) + 1)
 
 
+def megc2020_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """`calc_iou` of the MEGC2020 baseline: 0 when either offset is not after its onset (one-frame intervals)."""
+    if a[1] <= a[0] or b[1] <= b[0]:
+        return 0.0
+    return iou(a, b)
+
+
 # ---------------------------------------------------------------- MEGC2020
 
 
 @dataclass
 class Counts:
-    hits: int = 0  # ground truths hit
+    hits: int = 0  # ground truths found
     gt: int = 0
-    pred: int = 0  # predictions counted (repeat hits on one ground truth count once)
-    submitted: int = 0
+    pred: int = 0  # every prediction
 
     def __add__(self, other: "Counts") -> "Counts":
-        return Counts(self.hits + other.hits, self.gt + other.gt, self.pred + other.pred,
-                      self.submitted + other.submitted)
+        return Counts(self.hits + other.hits, self.gt + other.gt, self.pred + other.pred)
 
     def as_dict(self) -> dict:
         precision = self.hits / self.pred if self.pred else 0.0
         recall = self.hits / self.gt if self.gt else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"precision": precision, "recall": recall, "f1": f1, "hits": self.hits, "gt": self.gt,
-                "pred": self.pred, "submitted": self.submitted}
+        return {"precision": precision, "recall": recall, "f1": _harmonic(precision, recall), "hits": self.hits,
+                "gt": self.gt, "pred": self.pred}
 
 
 def video_counts(gt: Sequence[tuple[int, int]], pred: Sequence[tuple[int, int]]) -> Counts:
     """One video, one type: the official counting."""
-    hits_per_gt = [sum(iou(p, g) >= IOU_THRESHOLD for p in pred) for g in gt]
-    hits = sum(h > 0 for h in hits_per_gt)
-    return Counts(hits, len(gt), len(pred) - (sum(hits_per_gt) - hits), len(pred))
+    hits = sum(any(megc2020_iou(p, g) >= IOU_THRESHOLD for p in pred) for g in gt)
+    return Counts(hits, len(gt), len(pred))
 
 
 def megc_scores(gt: Iterable[Spot], pred: Iterable[Spot]) -> dict:
@@ -104,32 +124,52 @@ def megc_scores(gt: Iterable[Spot], pred: Iterable[Spot]) -> dict:
 
 
 def strs_scores(gt: Sequence[Spot], pred: Sequence[Spot]) -> dict:
-    truth: dict[str, list[Spot]] = defaultdict(list)
-    for spot in gt:
-        truth[spot.video].append(spot)
-    matched: set[int] = set()
-    pairs: list[tuple[str, str]] = []  # (true emotion, predicted emotion) of each true positive
-    fp = 0
-    for spot in pred:
-        candidates = [(iou((g.onset, g.offset), (spot.onset, spot.offset)), id(g), g) for g in truth.get(spot.video, ())
-                      if id(g) not in matched]
-        best = max(candidates, key=lambda c: c[0], default=None)
-        if best is None or best[0] < IOU_THRESHOLD:
-            fp += 1
-            continue
-        matched.add(best[1])
-        pairs.append((best[2].label, spot.label))
-    tp, fn = len(pairs), len(gt) - len(pairs)
+    """STRS over every ground truth and prediction, with `official_scope` beside (see the module docstring)."""
+    emotions = sorted({spot.label for spot in gt})
+    scores = _strs(gt, pred, emotions)
+    subjects, videos = {spot.subject for spot in pred}, {spot.video for spot in gt}
+    scoped_gt = [spot for spot in gt if spot.subject in subjects]
+    scoped_pred = [spot for spot in pred if spot.video in videos]
+    official = _strs(scoped_gt, scoped_pred, emotions)
+    scores["official_scope"] = {key: official[key] for key in ("strs", "spot_f1", "analysis_f1", "tp", "fp", "fn")}
+    scores["official_scope"].update(
+        subjects_left_out=len({spot.subject for spot in gt} - subjects), ground_truth_left_out=len(gt) - len(scoped_gt),
+        videos_left_out=len({spot.video for spot in pred} - videos), predictions_left_out=len(pred) - len(scoped_pred))
+    return scores
+
+
+def _strs(gt: Sequence[Spot], pred: Sequence[Spot], emotions: Sequence[str]) -> dict:
+    pairs = true_positive_pairs(gt, pred)
+    tp = len(pairs)
+    fp, fn = len(pred) - tp, len(gt) - tp
     spot_precision = tp / (tp + fp) if tp + fp else 0.0
     spot_recall = tp / (tp + fn) if tp + fn else 0.0
     spot_f1 = _harmonic(spot_precision, spot_recall)
-    analysis = analysis_scores(pairs)
+    analysis = analysis_scores(pairs, emotions)
     return {"spot_f1": spot_f1, "spot_precision": spot_precision, "spot_recall": spot_recall, "tp": tp, "fp": fp,
             "fn": fn, **analysis, "strs": spot_f1 * analysis["analysis_f1"]}
 
 
-def analysis_scores(pairs: Sequence[tuple[str, str]]) -> dict:
-    emotions = sorted({e for pair in pairs for e in pair})
+def true_positive_pairs(gt: Sequence[Spot], pred: Sequence[Spot]) -> list[tuple[str, str]]:
+    """(true emotion, predicted emotion) of each prediction that takes a ground truth, one to one, per video."""
+    truth: dict[str, list[Spot]] = defaultdict(list)
+    for spot in gt:
+        truth[spot.video].append(spot)
+    matched: set[int] = set()
+    pairs = []
+    for spot in pred:
+        candidates = [(iou((g.onset, g.offset), (spot.onset, spot.offset)), i)
+                      for i, g in enumerate(truth.get(spot.video, ())) if (spot.video, i) not in matched]
+        best = max(candidates, key=lambda c: (c[0], -c[1]), default=None)  # the first of equals
+        if best is not None and best[0] >= IOU_THRESHOLD:
+            matched.add((spot.video, best[1]))
+            pairs.append((truth[spot.video][best[1]].label, spot.label))
+    return pairs
+
+
+def analysis_scores(pairs: Sequence[tuple[str, str]], emotions: Sequence[str] | None = None) -> dict:
+    """Mean per-emotion precision and recall over `emotions` (default: those of the pairs' ground truths)."""
+    emotions = sorted({t for t, _ in pairs}) if emotions is None else list(emotions)
     predicted, true = Counter(p for _, p in pairs), Counter(t for t, _ in pairs)
     correct = Counter(t for t, p in pairs if t == p)
     precision = [correct[e] / predicted[e] if predicted[e] else 0.0 for e in emotions]
@@ -170,7 +210,8 @@ def read_spots(path: Path | str, strs: bool = False) -> list[Spot]:
             line = reader.line_num
             onset, offset = (_frame(row[c], path, line, c) for c in ("onset", "offset"))
             if strs:
-                spots.append(Spot(f"{row['subject']}/{row['video']}", onset, offset, row["emotion"].lower()))
+                spots.append(Spot(f"{row['subject']}/{row['video']}", onset, offset, row["emotion"].lower(),
+                                  row["subject"]))
             else:
                 spots.append(Spot(row["vid"], onset, offset, _type(row["type"], path, line)))
     return spots
@@ -218,9 +259,10 @@ def dataset_ground_truth(dataset: str, root: Path | str) -> list[Spot]:
             for sample in load_samples(dataset, root, task="spotting") for e in video_events(sample)]
 
 
-def pool_folds(test_dirs: Sequence[Path], out: Path) -> list[str]:
+def pool_folds(test_dirs: Sequence[Path], out: Path) -> tuple[dict, list[str]]:
     """Join the folds' submission files into `out` and score them together (counts summed over every video of
-    every fold); writes scores.json {"learned": ..., "baseline": ...}; returns the summary lines."""
+    every fold); writes scores.json {"learned": ..., "baseline": ...}; returns it and the summary lines. The
+    spotting task's way of scoring LOSO folds (common.tasks)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, lines = {}, []
@@ -231,7 +273,7 @@ def pool_folds(test_dirs: Sequence[Path], out: Path) -> list[str]:
             results[key] = megc_scores(truth, _join(files, out / name))
             lines += [f"{key}:"] + ["  " + line for line in summary_lines(results[key])]
     (out / "scores.json").write_text(json.dumps(results, indent=2))
-    return lines
+    return results, lines
 
 
 def _join(files: Sequence[Path], target: Path) -> list[Spot]:
@@ -253,9 +295,21 @@ def summary_lines(scores: Mapping) -> list[str]:
     if "strs" in scores:
         return [f"spotting: F1 {scores['spot_f1']:.4f} (TP {scores['tp']}, FP {scores['fp']}, FN {scores['fn']})",
                 f"analysis: F1 {scores['analysis_f1']:.4f} (precision {scores['analysis_precision']:.4f}, "
-                f"recall {scores['analysis_recall']:.4f})", f"STRS {scores['strs']:.4f}"]
+                f"recall {scores['analysis_recall']:.4f})", f"STRS {scores['strs']:.4f}",
+                *official_scope_lines(scores.get("official_scope"))]
     return [f"{kind:8s} F1 {s['f1']:.4f}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  "
             f"(hits {s['hits']}, ground truth {s['gt']}, predictions {s['pred']})" for kind, s in scores.items()]
+
+
+def official_scope_lines(scope: Mapping | None) -> list[str]:
+    """A line on what the official script's scope would leave out, when it leaves out anything."""
+    if not scope or not any(scope[k] for k in ("ground_truth_left_out", "predictions_left_out")):
+        return []
+    return [f"official scope (subjects with predictions, videos with ground truth) leaves out "
+            f"{scope['subjects_left_out']} subject(s) without predictions ({scope['ground_truth_left_out']} ground "
+            f"truths) and {scope['videos_left_out']} video(s) without ground truth ({scope['predictions_left_out']} "
+            f"predictions): STRS {scope['strs']:.4f}, spotting F1 {scope['spot_f1']:.4f}, analysis F1 "
+            f"{scope['analysis_f1']:.4f} (TP {scope['tp']}, FP {scope['fp']}, FN {scope['fn']})"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,8 @@ only: a video folder that is missing is found by the data module (and by `common
                Type, Action Units, Notes); Filename 006_1_3 is the third expression of video 006_1. Fractional
                frame numbers are rounded half up; an apex of -1 is not annotated. Frames
                SAMM_longvideos/006_1/006_1_0001.jpg. vid `006_1`. 200 fps.
-    casme3_lv  CAS(ME)³ Part A long videos: annotation/casme3_partA_v2.xls (or the same sheet saved as .xlsx),
-               sheet AU+Emotion (Subject, Filename, Onset, Apex, Offset, AU, Expression type, Objective class;
+    casme3_lv  CAS(ME)³ Part A long videos: CAS(ME)3_part_A_v2.xls (v1: _v1.xls; or either saved as .xlsx) in the
+               root, annotation/ or annotation/partA/, any case; sheet AU+Emotion (Subject, Filename, Onset, Apex, Offset, AU, Expression type, Objective class;
                numbers stored as text). Frames data/spNO.1/a/color/1.jpg, the subject folder matched
                case-insensitively. vid `spNO.1/a`. 30 fps.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from common.data import register_dataset, report_left_out
 from common.data.records import Interval, Sample
-from common.data.sheets import AnnotationError, excel_rows, sheet_error, sheet_values
+from common.data.sheets import AnnotationError, excel_rows, find_file, find_named, sheet_error, sheet_names, sheet_values
 
 FPS = {"casme_sq": 30.0, "samm_lv": 200.0, "casme3_lv": 30.0}
 CASME_SQ_SHEETS = ("CAS(ME)^2code_final.xlsx", "CASME_sq_gt.xlsx")
@@ -41,21 +41,15 @@ CASME_SQ_MAIN = "CASFEcode_final"
 SAMM_LV_SHEETS = ("SAMM_LongVideos_V3_Release.xlsx", "SAMMLV_gt.xlsx")
 SAMM_LV_MAIN = "FACS_Movement_Only"
 SAMM_LV_COLUMNS = ("Subject", "Filename", "Onset", "Apex", "Offset", "Type")
-CASME3_LV_SHEETS = ("annotation/casme3_partA_v2.xls", "casme3_partA_v2.xls", "annotation/casme3_partA_v2.xlsx",
-                    "casme3_partA_v2.xlsx")
+CASME3_LV_SHEETS = ("CAS(ME)3_part_A_v2.xls", "CAS(ME)3_part_A_v2.xlsx", "CAS(ME)3_part_A_v1.xls",
+                    "CAS(ME)3_part_A_v1.xlsx")
+CASME3_LV_FOLDERS = ("", "annotation", "annotation/partA")
 CASME3_LV_MAIN = "AU+Emotion"
 CASME3_LV_COLUMNS = ("Subject", "Filename", "Onset", "Apex", "Offset", "Expression type")
 
 
 def video_events(sample: Sample) -> list[dict]:
     return list(sample.labels.get("events", ()))
-
-
-def find_sheet(root: Path, names, what: str) -> Path:
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    raise FileNotFoundError(f"{root}: {what} not found (looked for {', '.join(names)})")
 
 
 def frame_number(value, path: Path, sheet: str, row: int, column: str) -> float:
@@ -106,7 +100,7 @@ def videos_to_samples(dataset: str, videos: dict, left_out: Counter, where: Path
 
 @register_dataset("casme_sq", task="spotting")
 def casme_sq(root: Path) -> list[Sample]:
-    sheet = find_sheet(root, CASME_SQ_SHEETS, "CAS(ME)² spotting sheet")
+    sheet = find_file(root, CASME_SQ_SHEETS, "CAS(ME)² spotting sheet")
     _, main = sheet_values(sheet, CASME_SQ_MAIN)
     _, rule1 = sheet_values(sheet, "naming rule1")
     _, rule2 = sheet_values(sheet, "naming rule2")
@@ -155,8 +149,8 @@ def casme_sq_folders(root: Path) -> dict[str, Path]:
 
 @register_dataset("samm_lv", task="spotting")
 def samm_lv(root: Path) -> list[Sample]:
-    sheet = find_sheet(root, SAMM_LV_SHEETS, "SAMM long-video FACS sheet")
-    name, rows = excel_rows(sheet, SAMM_LV_COLUMNS, sheet=SAMM_LV_MAIN if SAMM_LV_MAIN in _sheet_names(sheet) else None)
+    sheet = find_file(root, SAMM_LV_SHEETS, "SAMM long-video FACS sheet")
+    name, rows = excel_rows(sheet, SAMM_LV_COLUMNS, sheet=SAMM_LV_MAIN if SAMM_LV_MAIN in sheet_names(sheet) else None)
     videos, left_out = {}, Counter()
     for row, cells in rows:
         filename = str(cells["Filename"]).strip()
@@ -174,22 +168,12 @@ def samm_lv(root: Path) -> list[Sample]:
     return videos_to_samples("samm_lv", videos, left_out, sheet)
 
 
-def _sheet_names(path: Path) -> list[str]:
-    from openpyxl import load_workbook
-
-    book = load_workbook(path, read_only=True)
-    try:
-        return list(book.sheetnames)
-    finally:
-        book.close()
-
-
 # ---------------------------------------------------------------- CAS(ME)³ Part A long videos
 
 
 @register_dataset("casme3_lv", task="spotting")
 def casme3_lv(root: Path) -> list[Sample]:
-    sheet = find_sheet(root, CASME3_LV_SHEETS, "CAS(ME)³ Part A sheet with the AU+Emotion sheet")
+    sheet = find_named(root, CASME3_LV_SHEETS, CASME3_LV_FOLDERS, "CAS(ME)³ Part A expression sheet (AU+Emotion)")
     name, rows = excel_rows(sheet, CASME3_LV_COLUMNS, sheet=CASME3_LV_MAIN)
     subject_folders = {p.name.lower(): p for p in (root / "data").glob("*") if p.is_dir()}
     videos, left_out = {}, Counter()

@@ -78,18 +78,38 @@ def test_folder_read_by_time_needs_fps(tmp_path):
     assert grey_levels(FrameFolder(folder, fps=10).read_times([0.0, 0.5])) == [1, 6]
 
 
-def test_corrupt_and_truncated_jpeg_name_the_file(tmp_path):
-    folder = write_folder(tmp_path / "bad", [1, 2, 3])
+def damaged_folder(tmp_path):
+    folder = write_folder(tmp_path / "bad", [1, 2, 3, 4, 5])
     (folder / "img2.jpg").write_bytes(b"not a jpeg at all" * 10)
     textured = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
     good = cv2.imencode(".jpg", textured)[1].tobytes()
     (folder / "img3.jpg").write_bytes(good[: len(good) * 4 // 5])  # older OpenCV decodes this half grey
-    reader = FrameFolder(folder)
+    (folder / "img5.jpg").write_bytes(b"")
+    return folder
+
+
+def test_corrupt_and_truncated_jpeg_name_the_file_when_asked_to_fail(tmp_path):
+    reader = FrameFolder(damaged_folder(tmp_path), damaged="error")
     with pytest.raises(ReadError, match=r"img2\.jpg.*cannot decode"):
         reader.read([1])
     with pytest.raises(ReadError, match=r"img3\.jpg.*(truncated|cannot decode)"):
         reader.read([2])
     assert grey_levels(reader.read([0])) == [1]
+
+
+@pytest.mark.filterwarnings("ignore::common.data.readers.DamagedFrameWarning")
+def test_damaged_frames_are_replaced_by_the_nearest_readable_one(tmp_path):
+    reader = FrameFolder(damaged_folder(tmp_path))
+    with pytest.warns(readers.DamagedFrameWarning, match=r"img2\.jpg: cannot be decoded; frame 1 stands in"):
+        frames = reader.read_numbers([1, 2, 3, 4, 5])
+    # 2 -> 1 (1 and 3 are as near; 3 is damaged too); 3 -> 4 (2 is damaged); 5 -> 4
+    assert grey_levels(frames) == [1, 1, 4, 4, 4]
+    assert reader.stand_ins == {2: 1, 3: 4, 5: 4}
+    assert [readers.looks_readable(f) for f in reader.files] == [True, False, False, True, False]
+    for number in (1, 2, 3, 4, 5):
+        (reader.path / f"img{number}.jpg").write_bytes(b"")
+    with pytest.raises(ReadError, match=r"bad: no frame of the folder can be decoded"):
+        FrameFolder(reader.path).read([0])
 
 
 def test_empty_missing_and_ambiguous_folders(tmp_path):

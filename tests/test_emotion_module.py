@@ -55,8 +55,12 @@ def test_weights_load_when_a_run_starts_and_a_checkpoint_needs_none(tmp_path):
 
 def test_one_weights_option_can_change_without_losing_the_architecture_arguments():
     module = EmotionModule(["a", "b"], image_size=64, arch="posterpp", backbone_weights="x.pth",
-                           model_kwargs={"resize_mode": "nearest", "ir50_weights": "old.pth"})
-    assert module.net.resize_mode == "nearest"
-    assert module.weight_files.backbone == "x.pth", "the option wins over the older model_kwargs entry"
+                           model_kwargs={"resize_mode": "nearest"})
+    assert module.net.resize_mode == "nearest" and module.weight_files.backbone == "x.pth"
+    with pytest.raises(ValueError, match=r"--model.model_kwargs.ir50_weights: .*--model.backbone_weights"):
+        EmotionModule(["a", "b"], image_size=64, arch="posterpp", backbone_weights="x.pth",
+                      model_kwargs={"ir50_weights": "old.pth"})
+    with pytest.raises(ValueError, match=r"model_kwargs.backbone_weights: .*--model.backbone_weights"):
+        EmotionModule(["a", "b"], image_size=64, arch="dan", model_kwargs={"backbone_weights": "r18.pth"})
     with pytest.raises(ValueError, match="--model.landmark_weights"):
         EmotionModule(["a", "b"], arch="dan", landmark_weights="m.pth")

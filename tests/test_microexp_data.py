@@ -49,11 +49,58 @@ def test_loader_finds_every_usable_row_with_its_quirks_resolved(trees, name):
 @needs_real_sheets
 def test_casme3_real_sheet_rows_and_its_unusable_rows(tmp_path):
     rows = (0, 1, 2, 129, 128, 796)  # data rows of the real sheet; 128 and 796 are unusable (apex, offset 0)
-    written = write_casme3(tmp_path, sheet=ANNOTATIONS / "casme3_partA_ME_label_JpgIndex_v2.xlsx", rows=rows, size=32)
+    written = write_casme3(tmp_path, sheet=ANNOTATIONS / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", rows=rows, size=32)
     samples = load_samples("casme3", written.root, task="microexp")
     assert sorted((s.path, s.interval) for s in samples) == \
         sorted((r.path, r.interval) for r in written.records if r.interval is not None)
     assert len(samples) == len(rows) - sum(bool(r.problems) for r in written.records) == 4
+
+
+def test_casme3_sheets_are_found_under_their_release_names(tmp_path):
+    from openpyxl import load_workbook
+
+    written = write_casme3(tmp_path / "a", subjects=1, per_subject=2, size=24)
+    expected = sorted(((r.path, r.interval) for r in written.records), key=str)
+    sheet = written.sheet
+    assert sheet.name == "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx" and sheet.parent.name == "annotation"
+    # the public repository's annotation/partA/, another case
+    (sheet.parent / "partA").mkdir()
+    sheet.rename(sheet.parent / "partA" / "CAS(ME)3_PART_A_ME_LABEL_JPGINDEX_V2.XLSX")
+    assert sorted(((s.path, s.interval) for s in load_samples("casme3", written.root, task="microexp")), key=str) == expected
+    # v1 kept its rows in `Sheet1`; an .xlsx re-save of it in the root
+    book = load_workbook(sheet.parent / "partA" / "CAS(ME)3_PART_A_ME_LABEL_JPGINDEX_V2.XLSX")
+    book["label"].title = "Sheet1"
+    (sheet.parent / "partA" / "CAS(ME)3_PART_A_ME_LABEL_JPGINDEX_V2.XLSX").unlink()
+    book.save(written.root / "cas(me)3_part_A_ME_label_JpgIndex_v1.xlsx")
+    assert sorted(((s.path, s.interval) for s in load_samples("casme3", written.root, task="microexp")), key=str) == expected
+    # a name no release uses is not taken
+    (written.root / "cas(me)3_part_A_ME_label_JpgIndex_v1.xlsx").rename(written.root / "casme3_partA_labels.xlsx")
+    with pytest.raises(FileNotFoundError, match=r"cas\(me\)3_part_A_ME_label_JpgIndex_v2.xlsx.*annotation/partA/"):
+        load_samples("casme3", written.root, task="microexp")
+
+
+@pytest.mark.filterwarnings("ignore::common.data.readers.DamagedFrameWarning")
+def test_a_damaged_casme3_frame_is_counted_and_read_around(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from common.inspect import main as inspect_main
+
+    written = write_casme3(tmp_path, subjects=2, per_subject=2, size=24)
+    record = next(r for r in written.records if r.interval is not None)
+    apex = record.path / f"{record.interval.apex}.jpg"
+    apex.write_bytes(apex.read_bytes()[:100])  # as CAS(ME)³'s damaged files: present, not decodable
+    assert inspect_main(["--json", "--task", "microexp", "--dataset", "casme3", "--root", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames_damaged"] == 1 and report["damaged"] == [str(apex)] and report["unreadable"] == []
+    data = MicroExpDataModule("casme3", root=str(tmp_path), scheme="casme3_7", fold=0, val_fraction=0,
+                              image_size=24, clip_length=4, num_workers=0)
+    data.setup("fit")
+    data.setup("test")
+    items = [part[i] for part in (data.train_set, data.test_set) for i in range(len(part))]
+    assert len(items) == sum(r.interval is not None for r in written.records)
+    assert all(np.isfinite(item["input"].float().numpy()).all() for item in items)
 
 
 def test_the_composite_is_the_official_list(megc):

@@ -39,6 +39,18 @@ def test_loaders_read_the_fixture_videos_as_written(tmp_path, dataset, writer):
         assert FrameFolder(sample.path).numbers[0] == 1 and sample.extra["vid"] and sample.fps > 0
 
 
+@pytest.mark.filterwarnings("ignore::common.data.readers.DamagedFrameWarning")
+def test_a_long_video_with_a_damaged_frame_is_counted_and_read_whole(tmp_path, capsys):
+    written = write_casme3_lv(tmp_path, subjects=1, size=32, seconds=4)
+    video = written.records[0].path
+    (video / "20.jpg").write_bytes(b"")
+    assert inspect_main(["--task", "spotting", "--dataset", "casme3_lv", "--root", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames_damaged"] == 1
+    sample = load_samples("casme3_lv", tmp_path, task="spotting")[0]
+    features = FeatureCache(None, FeatureSettings(size=32, detector="none")).video(sample)
+    assert len(features.features) == len(FrameFolder(video).numbers) and np.isfinite(features.features).all()
+
+
 def test_casme_sq_offset_zero_ends_at_apex_and_folders_match_by_prefix(tmp_path):
     write_casme2_lv(tmp_path, subjects=1, size=32)
     main = read_sheet_rows(tmp_path / "CAS(ME)^2code_final.xlsx", "CASFEcode_final")
@@ -86,9 +98,9 @@ def test_casme3_long_videos_from_the_real_xls(tmp_path):
     import xlrd
 
     (tmp_path / "annotation").mkdir()
-    (tmp_path / "annotation" / "casme3_partA_v2.xls").write_bytes((ANNOTATIONS / "casme3_partA_v2.xls").read_bytes())
+    (tmp_path / "annotation" / "CAS(ME)3_part_A_v2.xls").write_bytes((ANNOTATIONS / "CAS(ME)3_part_A_v2.xls").read_bytes())
     samples = load_samples("casme3_lv", tmp_path, task="spotting")
-    table = xlrd.open_workbook(str(ANNOTATIONS / "casme3_partA_v2.xls")).sheet_by_name("AU+Emotion")
+    table = xlrd.open_workbook(str(ANNOTATIONS / "CAS(ME)3_part_A_v2.xls")).sheet_by_name("AU+Emotion")
     kinds = [str(table.cell_value(r, 6)).lower() for r in range(1, table.nrows)]
     videos = {(table.cell_value(r, 0), table.cell_value(r, 1)) for r in range(1, table.nrows)}
     found = [e["type"] for s in samples for e in s.labels["events"]]
@@ -254,7 +266,8 @@ def test_pooled_folds_score_every_video_once(tmp_path):
         folder.mkdir()
         (folder / "ground_truth.csv").write_text(f"vid,onset,offset,type\nv{fold},{truth[0]},{truth[1]},me\n")
         (folder / "predictions.csv").write_text(f"vid,onset,offset,type,score\nv{fold},{guess[0]},{guess[1]},me,0.9\n")
-    lines = pool_folds([tmp_path / "fold0", tmp_path / "fold1"], tmp_path / "pooled")
+    results, lines = pool_folds([tmp_path / "fold0", tmp_path / "fold1"], tmp_path / "pooled")
     scores = json.loads((tmp_path / "pooled" / "scores.json").read_text())["learned"]
+    assert results["learned"] == scores
     assert (scores["micro"]["hits"], scores["micro"]["gt"], scores["micro"]["pred"]) == (1, 2, 2)
     assert lines[0] == "learned:" and len((tmp_path / "pooled" / "predictions.csv").read_text().splitlines()) == 3

@@ -5,18 +5,21 @@ import json
 import numpy as np
 import pytest
 
-from spotting.evaluate import Spot, iou, main, megc_scores, strs_scores
+from spotting.evaluate import Spot, iou, main, megc2020_iou, megc_scores, strs_scores, summary_lines
 
 
 def spots(video, label, *intervals):
     return [Spot(video, a, b, label) for a, b in intervals]
 
 
-def test_one_ground_truth_hit_by_two_predictions_counts_once():
-    scores = megc_scores(spots("v", "micro", (10, 20)), spots("v", "micro", (10, 20), (11, 20)))
-    micro = scores["micro"]
-    assert (micro["hits"], micro["gt"], micro["pred"], micro["submitted"]) == (1, 1, 1, 2)
-    assert micro["precision"] == micro["recall"] == micro["f1"] == 1.0
+def test_precision_counts_every_prediction_as_the_official_script_does():
+    # precision_small = N_find_labels / N_clips: a ground truth hit twice is found once out of two predictions
+    micro = megc_scores(spots("v", "micro", (10, 20)), spots("v", "micro", (10, 20), (11, 20)))["micro"]
+    assert (micro["hits"], micro["gt"], micro["pred"]) == (1, 1, 2)
+    assert micro["precision"] == 0.5 and micro["recall"] == 1.0 and micro["f1"] == pytest.approx(2 / 3)
+    # overlapping ground truths: the first prediction reaches both, precision still cannot pass 1
+    micro = megc_scores(spots("v", "micro", (187, 200), (191, 201)), spots("v", "micro", (187, 200), (191, 208)))["micro"]
+    assert (micro["hits"], micro["pred"], micro["precision"], micro["recall"]) == (2, 2, 1.0, 1.0)
 
 
 def test_prediction_of_the_wrong_type_hits_nothing():
@@ -33,13 +36,16 @@ def test_iou_exactly_one_half_with_inclusive_frames_is_a_hit():
     assert megc_scores(spots("v", "macro", (1, 10)), spots("v", "macro", (1, 4)))["macro"]["hits"] == 0
 
 
-def test_one_frame_intervals():
-    assert iou((7, 7), (7, 7)) == 1.0
-    assert iou((7, 7), (7, 8)) == 0.5 and iou((7, 7), (6, 8)) == pytest.approx(1 / 3)
-    assert iou((7, 7), (8, 8)) == 0.0
-    assert iou((9, 5), (5, 9)) == 0.0  # offset before onset never hits
-    scores = megc_scores(spots("v", "micro", (7, 7)), spots("v", "micro", (7, 8), (6, 8)))
-    assert scores["micro"]["hits"] == 1 and scores["micro"]["pred"] == 2
+def test_one_frame_intervals_never_hit_in_megc2020():
+    assert iou((7, 7), (7, 7)) == 1.0 and iou((7, 7), (7, 8)) == 0.5  # the plain IoU (STRS, NMS)
+    assert iou((9, 5), (5, 9)) == 0.0  # offset before onset
+    # calc_iou: `clip[1] <= clip[0]` on either side scores 0
+    assert megc2020_iou((86, 86), (85, 86)) == 0.0 and megc2020_iou((85, 86), (86, 86)) == 0.0
+    assert megc2020_iou((85, 86), (85, 86)) == 1.0 and megc2020_iou((9, 5), (5, 9)) == 0.0
+    scores = megc_scores([Spot("v0", 86, 86, "micro")], [Spot("v0", 85, 86, "micro")])
+    assert scores["micro"]["hits"] == 0 and scores["micro"]["pred"] == 1
+    scores = megc_scores([Spot("v0", 85, 86, "micro")], [Spot("v0", 86, 86, "micro"), Spot("v0", 85, 86, "micro")])
+    assert scores["micro"]["hits"] == 1 and scores["micro"]["precision"] == 0.5
 
 
 def test_videos_are_kept_apart():
@@ -48,15 +54,13 @@ def test_videos_are_kept_apart():
 
 
 def frame_set_counts(gt, pred):
-    """Independent: IoU from Python sets of frames; MEGC2020 counting spelled out pair by pair."""
-    hits = pairs = 0
-    for g in gt:
-        g_frames = set(range(g[0], g[1] + 1))
-        n = sum(len(g_frames & set(range(p[0], p[1] + 1))) / len(g_frames | set(range(p[0], p[1] + 1))) >= 0.5
-                for p in pred)
-        hits += n > 0
-        pairs += n
-    return hits, len(gt), len(pred) - (pairs - hits)
+    """Independent: IoU from Python sets of frames, one-frame intervals ruled out, counting spelled out."""
+    def hit(g, p):
+        if g[1] <= g[0] or p[1] <= p[0]:
+            return False
+        a, b = set(range(g[0], g[1] + 1)), set(range(p[0], p[1] + 1))
+        return len(a & b) / len(a | b) >= 0.5
+    return sum(any(hit(g, p) for p in pred) for g in gt), len(gt), len(pred)
 
 
 def test_matches_an_independent_computation_on_random_intervals():
@@ -81,27 +85,73 @@ def test_matches_an_independent_computation_on_random_intervals():
     assert 0 < scores["overall"]["f1"] < 1
 
 
+def strs_spot(subject, video, onset, offset, emotion):
+    return Spot(f"{subject}/{video}", onset, offset, emotion, subject)
+
+
 def test_strs_hand_worked():
-    gt = [Spot("s1/v1", 10, 20, "happiness"), Spot("s1/v1", 100, 120, "surprise")]
-    pred = [Spot("s1/v1", 10, 20, "happiness"),  # TP, right emotion
-            Spot("s1/v1", 11, 20, "happiness"),  # the same ground truth again: a false positive
-            Spot("s1/v1", 101, 120, "negative"),  # TP, wrong emotion
-            Spot("s1/v1", 300, 310, "surprise"),  # nothing there: FP
-            Spot("s1/v2", 10, 20, "happiness")]  # another video: FP
+    gt = [strs_spot("s1", "v1", 10, 20, "happiness"), strs_spot("s1", "v1", 100, 120, "surprise")]
+    pred = [strs_spot("s1", "v1", 10, 20, "happiness"),  # TP, right emotion
+            strs_spot("s1", "v1", 11, 20, "happiness"),  # the same ground truth again: a false positive
+            strs_spot("s1", "v1", 101, 120, "negative"),  # TP, wrong emotion
+            strs_spot("s1", "v1", 300, 310, "surprise"),  # nothing there: FP
+            strs_spot("s1", "v2", 10, 20, "happiness")]  # a video without ground truth: FP
     scores = strs_scores(gt, pred)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 3, 0)
     assert scores["spot_f1"] == pytest.approx(2 * 0.4 * 1 / 1.4)
-    # emotions {happiness, negative, surprise}: precision (1, 0, 0), recall (1, 0, 0) -> means 1/3, F1 1/3
-    assert scores["analysis_precision"] == pytest.approx(1 / 3) and scores["analysis_recall"] == pytest.approx(1 / 3)
-    assert scores["analysis_f1"] == pytest.approx(1 / 3)
-    assert scores["strs"] == pytest.approx(scores["spot_f1"] / 3)
+    # over the ground truth's emotions {happiness, surprise}: precision (1, 0), recall (1, 0) -> F1 1/2
+    assert scores["analysis_precision"] == scores["analysis_recall"] == scores["analysis_f1"] == pytest.approx(0.5)
+    assert scores["strs"] == pytest.approx(scores["spot_f1"] / 2)
+    assert scores["official_scope"]["fp"] == 2, "the official scope skips the video without ground truth"
 
 
-def test_strs_takes_the_best_unmatched_ground_truth():
-    gt = [Spot("v", 10, 20, "happiness"), Spot("v", 12, 22, "surprise")]
-    pred = [Spot("v", 12, 22, "surprise"), Spot("v", 10, 21, "happiness")]
+def test_strs_analysis_averages_over_the_ground_truth_emotions():
+    gt = [strs_spot("s1", "v", 10, 20, "negative"), strs_spot("s1", "v", 40, 50, "positive"),
+          strs_spot("s1", "v", 70, 80, "surprise")]
+    pred = [strs_spot("s1", "v", 10, 20, "negative"), strs_spot("s1", "v", 40, 50, "positive")]
+    scores = strs_scores(gt, pred)
+    # the unspotted surprise counts with precision and recall 0: means 2/3
+    assert scores["analysis_f1"] == pytest.approx(2 / 3)
+    assert scores["per_emotion"]["surprise"] == {"precision": 0.0, "recall": 0.0}
+
+
+def test_strs_official_scope_leaves_out_subjects_without_predictions_and_videos_without_ground_truth(capsys):
+    gt = [strs_spot("s1", "v", 10, 20, "negative"), strs_spot("s2", "v", 10, 20, "positive"),
+          strs_spot("s2", "w", 10, 20, "negative")]
+    pred = [strs_spot("s1", "v", 10, 20, "negative"), strs_spot("s1", "x", 10, 20, "negative")]
+    scores = strs_scores(gt, pred)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 2)
+    scope = scores["official_scope"]
+    assert (scope["tp"], scope["fp"], scope["fn"]) == (1, 0, 0) and scope["spot_f1"] == 1.0
+    # emotions still those of the whole ground truth: positive is never predicted
+    assert scope["analysis_f1"] == pytest.approx(0.5) and scope["strs"] == pytest.approx(0.5)
+    assert (scope["subjects_left_out"], scope["ground_truth_left_out"]) == (1, 2)
+    assert (scope["videos_left_out"], scope["predictions_left_out"]) == (1, 1)
+    assert scores["strs"] < scope["strs"]
+    lines = summary_lines(scores)
+    assert "1 subject(s) without predictions (2 ground truths)" in lines[-1] and "1 video(s)" in lines[-1]
+    same = strs_scores(gt[:1], pred[:1])
+    assert same["official_scope"]["strs"] == same["strs"] and len(summary_lines(same)) == 3
+
+
+def test_strs_matches_one_to_one():
+    gt = [strs_spot("s", "v", 10, 20, "happiness"), strs_spot("s", "v", 12, 22, "surprise")]
+    pred = [strs_spot("s", "v", 12, 22, "surprise"), strs_spot("s", "v", 10, 21, "happiness")]
     scores = strs_scores(gt, pred)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 0, 0) and scores["analysis_f1"] == 1.0
+    # the official loop would let this one prediction take both ground truths
+    one = strs_scores([strs_spot("s", "v", 10, 20, "a"), strs_spot("s", "v", 10, 21, "a")],
+                      [strs_spot("s", "v", 10, 20, "a")])
+    assert (one["tp"], one["fp"], one["fn"]) == (1, 0, 1)
+
+
+def test_strs_defined_where_the_official_script_is_not():
+    # one emotion, every true positive right: officially NaN (a 1x1 confusion matrix), here 1
+    perfect = strs_scores([strs_spot("s", "v", 10, 20, "surprise")], [strs_spot("s", "v", 10, 20, "surprise")])
+    assert perfect["analysis_f1"] == 1.0 and perfect["strs"] == 1.0
+    # no true positive: officially a KeyError, here 0
+    missed = strs_scores([strs_spot("s", "v", 10, 20, "surprise")], [strs_spot("s", "v", 50, 60, "surprise")])
+    assert missed["tp"] == 0 and missed["analysis_f1"] == 0.0 and missed["strs"] == 0.0
 
 
 def write_csv(path, header, rows):

@@ -153,7 +153,7 @@ def test_rendered_expression_shows_at_apex(tmp_path):
 
 @needs_real_sheets
 def test_casme3_rows_of_the_real_sheet_are_copied_cell_for_cell(tmp_path):
-    source = ANNOTATIONS / "casme3_partA_ME_label_JpgIndex_v2.xlsx"
+    source = ANNOTATIONS / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
     chosen = list(CASME3_DEFAULT_ROWS) + [128, 796]  # plus an apex before onset and an offset of 0
     written = write_casme3(tmp_path, sheet=source, rows=chosen, size=32)
     original = read_sheet_rows(source, "label")

@@ -3,13 +3,15 @@
 A reader knows its frame numbers (`numbers`), reads by position (`read`), by frame number (`read_numbers`)
 and by time (`read_times`), and always returns RGB uint8 [T, H, W, 3]. Every failure names the file.
 
-    FrameFolder   numbered images; natural order by the last number in the name, gaps allowed and reported
+    FrameFolder   numbered images; natural order by the last number in the name, gaps allowed and reported; a
+                  frame that cannot be decoded is replaced by the nearest readable one (see FrameFolder)
     VideoFile     decord, or PyAV where decord cannot open the file (or is not installed)
     ImageFile     one image, frame number 0
 """
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -32,6 +34,10 @@ class MissingSourceError(ReadError, FileNotFoundError):
 
 class MissingFramesError(ReadError, LookupError):
     """Frame numbers asked for that a folder does not hold."""
+
+
+class DamagedFrameWarning(UserWarning):
+    """A frame of a folder could not be decoded; a neighbour stands in for it."""
 
 
 class FrameSource:
@@ -144,6 +150,26 @@ def decode_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+_IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def looks_readable(path: Path) -> bool:
+    """A cheap look at an image file without decoding it: not empty, an image format's first bytes, and a JPEG's
+    end-of-image marker. What `common.inspect` counts as damaged; decoding may still find more."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            if not head.startswith(_IMAGE_MAGIC):
+                return False
+            if head.startswith(b"\xff\xd8"):
+                handle.seek(0, 2)
+                handle.seek(max(0, handle.tell() - 1024))
+                return b"\xff\xd9" in handle.read()
+            return True
+    except OSError:
+        return False
+
+
 def _has_jpeg_end(data: np.ndarray) -> bool:
     """Some OpenCV builds decode a truncated JPEG into a half-grey picture without complaint; the end marker
     tells. Some writers pad after the marker, hence the search over the tail, not the last two bytes."""
@@ -199,12 +225,23 @@ def list_frames(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> t
 
 
 class FrameFolder(FrameSource):
-    """A folder of numbered images. `gaps` lists the missing frame numbers between first and last."""
+    """A folder of numbered images. `gaps` lists the missing frame numbers between first and last.
 
-    def __init__(self, path: Path | str, fps: float | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS):
+    Damaged frames: a frame file that cannot be decoded (CAS(ME)³ Part A ships some; its `exception/` lists them)
+    is replaced by the nearest frame of the folder that decodes, the earlier one of two as near, so a clip or a
+    long video is still read whole. Each replacement is named once in a DamagedFrameWarning and kept in
+    `stand_ins` ({damaged frame number: number read instead}); `damaged="error"` raises instead.
+    """
+
+    def __init__(self, path: Path | str, fps: float | None = None, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 damaged: str = "nearest"):
+        if damaged not in ("nearest", "error"):
+            raise ValueError(f"damaged must be 'nearest' or 'error', got {damaged!r}")
         self.path = Path(path)
         self.numbers, self.files = list_frames(self.path, tuple(e.lower() for e in extensions))
-        self.fps = fps
+        self.fps, self.damaged = fps, damaged
+        self.stand_ins: dict[int, int] = {}
+        self._undecodable: set[int] = set()
 
     @property
     def gaps(self) -> list[int]:
@@ -215,7 +252,36 @@ class FrameFolder(FrameSource):
         return f"{self.path}: no gaps" if not gaps else f"{self.path}: frames {compact_ranges(gaps)} missing"
 
     def _read_positions(self, positions: np.ndarray) -> np.ndarray:
-        return stack_frames([decode_image(self.files[p]) for p in positions], self.path)
+        return stack_frames([self._decode(int(p)) for p in positions], self.path)
+
+    def _decode(self, position: int) -> np.ndarray:
+        if position not in self._undecodable:
+            try:
+                return decode_image(self.files[position])
+            except MissingSourceError:
+                raise
+            except ReadError:
+                if self.damaged == "error":
+                    raise
+                self._undecodable.add(position)
+        return self._stand_in(position)
+
+    def _stand_in(self, position: int) -> np.ndarray:
+        for candidate in sorted(range(len(self)), key=lambda p: (abs(p - position), p)):
+            if candidate in self._undecodable:
+                continue
+            try:
+                image = decode_image(self.files[candidate])
+            except ReadError:
+                self._undecodable.add(candidate)
+                continue
+            number, used = int(self.numbers[position]), int(self.numbers[candidate])
+            if number not in self.stand_ins:
+                warnings.warn(DamagedFrameWarning(f"{self.files[position]}: cannot be decoded; frame {used} stands "
+                                                  f"in for it"), stacklevel=2)
+            self.stand_ins[number] = used
+            return image
+        raise ReadError(f"{self.path}: no frame of the folder can be decoded")
 
 
 def stack_frames(frames: list[np.ndarray], where: Path) -> np.ndarray:

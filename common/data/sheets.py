@@ -75,6 +75,22 @@ def number(cell: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+def find_named(root: Path, names: Sequence[str], folders: Sequence[str], what: str) -> Path:
+    """The first of `names` (compared case-insensitively) found in one of `folders` under root, tried name by name:
+    releases move their sheets between folders and change the case of their names."""
+    listings = {}
+    for folder in folders:
+        base = root / folder
+        listings[folder] = {p.name.lower(): p for p in base.iterdir() if p.is_file()} if base.is_dir() else {}
+    for name in names:
+        for folder in folders:
+            found = listings[folder].get(name.lower())
+            if found is not None:
+                return found
+    where = ", ".join(f"{f}/" if f else "the root" for f in folders)
+    raise FileNotFoundError(f"{root}: {what} not found (looked for {', '.join(names)} in {where}, any case)")
+
+
 def find_file(root: Path, candidates: Sequence[str], what: str) -> Path:
     for candidate in candidates:
         if (root / candidate).is_file():
@@ -113,6 +129,21 @@ def excel_rows(path: Path, required: Sequence[str], sheet: str | None = None, he
 
 def _column_key(cell) -> str:
     return "" if cell is None else "".join(str(cell).split()).lower()
+
+
+def sheet_names(path: Path) -> list[str]:
+    """The sheet names of an .xlsx or .xls workbook, in order."""
+    if path.suffix.lower() == ".xls":
+        import xlrd
+
+        return list(xlrd.open_workbook(str(path), on_demand=True).sheet_names())
+    from openpyxl import load_workbook
+
+    book = load_workbook(path, read_only=True)
+    try:
+        return list(book.sheetnames)
+    finally:
+        book.close()
 
 
 def sheet_values(path: Path, sheet: str | None) -> tuple[str, list[list]]:

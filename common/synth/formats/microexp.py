@@ -10,7 +10,7 @@ Layouts written (root = the dataset folder a user would pass as --data.root):
                Apex Frame is -1 (expected None).
     SMIC-HS    HS/s1/micro/{negative,positive,surprise}/s1_ne_01/image012345.bmp, labels are folder names, no
                apex, interval = first..last frame of the folder; a non_micro folder that is not a sample.
-    CAS(ME)³   annotation/casme3_partA_ME_label_JpgIndex_v2.xlsx (sheet `label`, numbers stored as text);
+    CAS(ME)³   annotation/cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx (sheet `label`, numbers stored as text);
                data/spNo.1/b/color/175.jpg with gaps in the numbering and a depth/ folder beside color/.
                The folder casing (spNo) differs from the sheet's (spNO) on purpose. With `sheet=` the rows
                of the real sheet are used.
@@ -33,7 +33,7 @@ CASME2_EMOTIONS = ("happiness", "disgust", "repression", "surprise", "others", "
 SAMM_SHEET = "SAMM_Micro_FACS_Codes_v2.xlsx"
 SAMM_EMOTIONS = ("Happiness", "Anger", "Contempt", "Disgust", "Fear", "Sadness", "Surprise", "Other")
 SMIC_CLASSES = {"negative": "ne", "positive": "po", "surprise": "sur"}
-CASME3_SHEET = "casme3_partA_ME_label_JpgIndex_v2.xlsx"
+CASME3_SHEET = "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
 CASME3_EMOTIONS = ("happy", "disgust", "surprise", "fear", "anger", "sad", "others", "Others")
 CASME3_DEFAULT_ROWS = (0, 1, 2, 3, 10, 11)
 # generator emotion index for a sheet's emotion word; 'others' and unknown words draw a random expression

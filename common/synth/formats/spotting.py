@@ -205,7 +205,7 @@ def _synthetic_samm_lv(subjects: int, seed: int, seconds: float, fps: float) -> 
 
 # ---------------------------------------------------------------- CAS(ME)³ Part A long videos
 
-CASME3_LV_SHEET = "annotation/casme3_partA_v2.xlsx"
+CASME3_LV_SHEET = "annotation/CAS(ME)3_part_A_v2.xlsx"
 CASME3_LV_MAIN = "AU+Emotion"
 CASME3_LV_HEADER = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Expression type", "Objective class"]
 CASME3_LV_DEFAULT_ROWS = (0, 1, 2, 3)
@@ -214,7 +214,7 @@ CASME3_LV_DEFAULT_ROWS = (0, 1, 2, 3)
 def write_casme3_lv(root: Path | str, sheet: Path | str | None = None, rows: Sequence[int] | None = None,
                     subjects: int = 2, seed: int = 0, size: int = 32, seconds: float = 12.0) -> Written:
     """Sheet AU+Emotion (numbers stored as text, as in the release) saved as .xlsx (the release's .xls is read by the
-    parser too); frames data/spNO.1/a/color/1.jpg. With `sheet` (the real casme3_partA_v2.xls), `rows` are 0-based
+    parser too); frames data/spNO.1/a/color/1.jpg. With `sheet` (the real CAS(ME)3_part_A_v2.xls), `rows` are 0-based
     data rows of its AU+Emotion sheet."""
     root = Path(root)
     body = _real_casme3_lv(Path(sheet), rows) if sheet is not None else _synthetic_casme3_lv(subjects, seed, seconds)
