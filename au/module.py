@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from au.contract import CONTRACT
-from au.evaluate import f1_counts, f1_scores, icc_3_1, openface_columns
+from au.contract import CONTRACT, gate_intensity, openface_columns
+from au.evaluate import f1_counts, f1_scores, icc_3_1, mean_defined
 from au.model import MEGraphAU
 from common.augment import Normalize, build_augmentation, to_float
 from common.figures import per_class_figure, publish
@@ -63,9 +63,9 @@ class AUModule(TaskModule):
         threshold: occurrence threshold on the probability.
         augment: device-side augmentation (default: a 224 crop, a flip, colour jitter 0.4).
 
-    Intensity and occurrence: the exported `au_intensity` and the `AU01_r` column are 0 wherever the AU's
-    probability is below the threshold, so a consumer never shows an intensity for an absent AU; intensity
-    metrics (ICC, MAE) use the ungated estimate (`AU01_r_raw`).
+    Intensity and occurrence: `forward`, `predict`, the export's `au_intensity` and the `AU01_r` column all give
+    0 wherever the AU's probability is below the threshold, so a consumer never shows an intensity for an absent
+    AU; the loss and the intensity metrics (ICC, MAE) use the ungated estimate (`au_intensity_raw`, `AU01_r_raw`).
     """
 
     task = "au"
@@ -114,8 +114,13 @@ class AUModule(TaskModule):
         return x[..., offset:offset + self.crop_size, offset:offset + self.crop_size] if offset > 0 else x
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Float RGB in [0, 1], NCHW (256: cropped to 224 in the middle) -> au_prob, au_intensity [N, K]."""
-        return self.net(self.normalize(self.central_crop(x)))
+        """Float RGB in [0, 1], NCHW (256: cropped to 224 in the middle) -> a dict of [N, K] tensors: `au_prob`
+        (probabilities), `au_intensity` (0-5, gated: 0 where au_prob < threshold, as exported) and
+        `au_intensity_raw` (the ungated estimate); stage 2 adds `edge_logits` [N, K*K, 4]."""
+        out = dict(self.net(self.normalize(self.central_crop(x))))
+        out["au_intensity_raw"] = out["au_intensity"]
+        out["au_intensity"] = gate_intensity(out["au_prob"], out["au_intensity_raw"], self.threshold)
+        return out
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch = dict(batch)
@@ -134,7 +139,7 @@ class AUModule(TaskModule):
                                                                  relations.flatten(), ignore_index=IGNORE)
         if self.intensity_weight:
             int_mask = batch["intensity_mask"].float()
-            error = (out["au_intensity"].float() - batch["intensity"]).abs() / 5
+            error = (out["au_intensity_raw"].float() - batch["intensity"]).abs() / 5
             loss = loss + self.intensity_weight * (error * int_mask).sum() / int_mask.sum().clamp(min=1)
         return loss
 
@@ -156,7 +161,7 @@ class AUModule(TaskModule):
                                                            self.au_weights), sync_dist=True, batch_size=len(batch["target"]))
         stats = self._stats.setdefault(stage, {k: [] for k in ("prob", "target", "mask", "intensity", "int_target", "int_mask")})
         for key, value in (("prob", out["au_prob"]), ("target", batch["target"]), ("mask", batch["mask"]),
-                           ("intensity", out["au_intensity"]), ("int_target", batch["intensity"]),
+                           ("intensity", out["au_intensity_raw"]), ("int_target", batch["intensity"]),
                            ("int_mask", batch["intensity_mask"])):
             stats[key].append(value.detach().float().cpu())
         if stage == "test":
@@ -184,7 +189,7 @@ class AUModule(TaskModule):
         self.log_dict(scalars)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking and self.trainer.loggers:
             figure = per_class_figure(np.where(labelled, f1, 0.0), self.class_names, f"{stage} F1 per AU")
-            publish({f"{stage}/per_au_f1": figure}, self.trainer.loggers, self.trainer.log_dir, self.global_step)
+            publish({f"{stage}/per_au_f1": figure}, self.trainer, self.trainer.log_dir)
 
     def _gather(self, tensor: torch.Tensor) -> np.ndarray:
         """Every rank's rows, so F1 is accumulated over the whole fold."""
@@ -200,7 +205,7 @@ class AUModule(TaskModule):
 
     # --- export ---
     def export_wrapper(self, activation: bool = True) -> nn.Module:
-        return ExportGraph(self, self.threshold).eval()
+        return ExportGraph(self).eval()
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
         from common.synth import au_sample
@@ -218,14 +223,15 @@ class AUModule(TaskModule):
 
 
 class ExportGraph(nn.Module):
-    def __init__(self, module: AUModule, threshold: float):
+    """The two contract outputs of the module's forward, as a tuple."""
+
+    def __init__(self, module: AUModule):
         super().__init__()
-        self.module, self.threshold = module, threshold
+        self.module = module
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.module(image)
-        prob = out["au_prob"]
-        return prob, out["au_intensity"] * (prob >= self.threshold).to(prob.dtype)
+        return out["au_prob"], out["au_intensity"]
 
 
 def au_loss_weights(rates: np.ndarray) -> torch.Tensor:
@@ -246,7 +252,8 @@ def intensity_scores(stage: str, stats: dict, names: Sequence[str]) -> dict[str,
             maes.append(float(np.abs(pred - true).mean()))
     if not maes:
         return {}
-    return {f"{stage}/icc": float(np.nanmean(iccs)) if not np.all(np.isnan(iccs)) else 0.0, f"{stage}/mae": float(np.mean(maes))}
+    icc = mean_defined(iccs)
+    return {f"{stage}/icc": 0.0 if icc is None else icc, f"{stage}/mae": float(np.mean(maes))}
 
 
 PER_AU = ("c", "r", "r_raw", "p")
@@ -260,7 +267,7 @@ def prediction_columns(names: Sequence[str], labelled: bool = True) -> list[str]
 
 def prediction_rows(batch: dict, out: dict, names: Sequence[str], threshold: float) -> list[dict]:
     """OpenFace-named columns per sample: AU01_c, AU01_r, AU01_r_raw, AU01_p, and the labels where known."""
-    prob, intensity = out["au_prob"].detach().float().cpu().numpy(), out["au_intensity"].detach().float().cpu().numpy()
+    prob, intensity = (out[key].detach().float().cpu().numpy() for key in ("au_prob", "au_intensity_raw"))
     columns = openface_columns(prob, intensity, names, threshold)
     rows = []
     for i in range(len(prob)):

@@ -89,11 +89,11 @@ def ort_latency_ms(module: EmotionModule, runs: int, threads: int) -> float:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as folder:
-        path, inputs = export_module(module.eval(), Path(folder) / "model.onnx", samples=1)
+        path, graphs = export_module(module.eval(), Path(folder) / "model.onnx", samples=1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: inputs[0].numpy()}
+    feed = {session.get_inputs()[0].name: graphs.inputs[0].numpy()}
     return median_ms(lambda: session.run(None, feed), runs)
 
 

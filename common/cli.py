@@ -22,9 +22,20 @@ def parse_task(argv: Sequence[str]) -> tuple[str, list[str]]:
     pre = argparse.ArgumentParser(prog="train.py", add_help=False, allow_abbrev=False)
     pre.add_argument("--task", choices=sorted(TASKS), help="which task to run")
     known, rest = pre.parse_known_args(list(argv))
+    if known.task is None and any(a in ("-h", "--help") for a in rest):
+        print(overview())
+        raise SystemExit(0)
     if known.task is None:
         pre.error(f"--task is required; registered tasks: {', '.join(sorted(TASKS))}")
     return known.task, rest
+
+
+def overview() -> str:
+    lines = ["usage: python train.py --task TASK {fit,validate,test,predict} [--config FILE] [options]",
+             "       python train.py --task TASK fit --help     (every option of that task)", "", "tasks:"]
+    lines += [f"  {TASKS[name].recipes_text()}" for name in TASKS]
+    lines += ["", "recipes for real datasets: configs/<task>/<dataset>_<model>.yaml (README lists them)"]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None):
@@ -57,7 +68,7 @@ def run(spec, rest: list[str]):
         parser_class=ShortErrorParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={cmd: defaults for cmd in ("fit", "validate", "test", "predict")},
+        parser_kwargs={"description": spec.recipes_text(), **{cmd: defaults for cmd in ("fit", "validate", "test", "predict")}},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=rest,

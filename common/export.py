@@ -1,9 +1,15 @@
-"""`python -m common.export CKPT OUT.onnx`: a checkpoint of any task -> a verified ONNX model.
+"""`python -m common.export CKPT|RUN OUT.onnx`: a checkpoint of any task -> a verified ONNX model.
+
+CKPT is a checkpoint file; RUN a run directory (`runs/au/quick/version_0`: its checkpoint chosen on validation,
+else its last) or a run name's folder (`runs/au/quick`: its newest version that has checkpoints).
 
 The task is read from the checkpoint; the task module supplies the graph (preprocessing and output
-activation inside), real example inputs and its metadata. After writing, the model is checked with
-`onnx.checker` and the task's contract, then compared with PyTorch under ONNX Runtime on real samples, and
-timed; any failure exits non-zero.
+activation inside), real example inputs and its metadata. The graph always takes the contract's input size: a model
+trained on smaller faces (a quick run at 64 px) gets an area shrink from the contract's size to its own inside the
+graph, exactly OpenCV's INTER_AREA (two constant matrix products), and its metadata says so (`model_input_size`,
+`align_template` in the contract's pixels). After writing, the model is checked with `onnx.checker` and the
+contract's check (`common.contract.check_file`, the one the runtime applies), then compared with PyTorch under ONNX
+Runtime on real samples, and timed; any failure exits non-zero.
 
 The comparison looks at each output *before* its activation (relative tolerance) as well as after it: a
 saturated softmax or sigmoid gives exactly 0 or 1 whatever the logits, so agreeing probabilities alone can
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import statistics
 import sys
@@ -25,10 +32,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
+from torch import nn
 
-from common.contract import CONTRACT_VERSION, METADATA_KEYS, ContractError, check_model
+from common.contract import CONTRACT_VERSION, METADATA_KEYS, Contract, ContractBroken, UnreadableModel, check_file
 from common.tasks import UnknownTaskError, get_task
+from common.tracking import chosen_checkpoint
 
 ACTIVATIONS = ("Softmax", "Sigmoid", "LogSoftmax")
 
@@ -44,6 +54,7 @@ class ExportReport:
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     max_rel_diff: dict[str, float] = field(default_factory=dict)  # before the activation, relative to its range
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     ort_ms: float = float("nan")
     torch_ms: float = float("nan")
 
@@ -53,13 +64,31 @@ class ExportReport:
         lines = [f"wrote {self.path} (task {self.task})", f"ONNX Runtime vs PyTorch max abs diff: {diffs}"]
         if relative:
             lines.append(f"before the activation, max diff relative to the value range: {relative}")
-        lines += [f"warning: {w}" for w in self.warnings]
+        else:
+            lines.append("before the activation: no output ends in a softmax or sigmoid, so the values above are "
+                         "compared as the graph gives them (nothing saturates)")
+        lines += self.notes + [f"warning: {w}" for w in self.warnings]
         return lines + [f"latency at batch 1 on CPU: ONNX Runtime {self.ort_ms:.1f} ms, PyTorch {self.torch_ms:.1f} ms"]
+
+
+def checkpoint_of(path: str | Path) -> Path:
+    """A checkpoint file as given; for a run directory the checkpoint chosen on validation (else the last), for a
+    run name's folder that of its newest version with checkpoints."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    versions = sorted((p for p in path.glob("version_*") if (p / "checkpoints").is_dir()),
+                      key=lambda p: int(p.name.removeprefix("version_")) if p.name[8:].isdigit() else -1)
+    run = versions[-1] if versions and not (path / "checkpoints").is_dir() else path
+    found = chosen_checkpoint(run)
+    if not found.is_file():
+        raise ExportError(f"{path}: no checkpoint in it (looked for {run / 'checkpoints'}/*.ckpt)")
+    return found
 
 
 def load_task_module(checkpoint_path: str | Path):
     """The LightningModule a checkpoint was trained with, on CPU, in eval mode."""
-    path = Path(checkpoint_path)
+    path = checkpoint_of(checkpoint_path)
     if not path.is_file():
         raise ExportError(f"checkpoint not found: {path}")
     try:
@@ -88,26 +117,89 @@ def _checkpoint_class(checkpoint: dict, base: type) -> type:
     return cls
 
 
-def export_module(module, output: str | Path, opset: int = 18, samples: int = 4) -> tuple[Path, tuple]:
+@dataclass
+class Graphs:
+    """What is exported and compared: the graph with and without its output activations, and real inputs, all at
+    the contract's input size."""
+
+    final: nn.Module
+    logits: nn.Module
+    inputs: tuple
+    model_size: tuple[int, int] | None = None  # where the module trained at another size than the contract's
+
+
+def contract_image_size(contract: Contract) -> tuple[int, int] | None:
+    """The fixed (height, width) of the contract's image or clip input; None for inputs that are not images."""
+    shape = contract.inputs[0].shape
+    return tuple(shape[-2:]) if all(isinstance(d, int) for d in shape[-2:]) and len(shape) >= 4 else None
+
+
+def area_matrix(source: int, target: int) -> torch.Tensor:
+    """[target, source]: each output pixel the mean of the input span it covers, weighted by overlap: OpenCV's
+    INTER_AREA for a shrink, as one side of a separable matrix product."""
+    scale = source / target
+    edges = torch.arange(target + 1, dtype=torch.float64) * scale
+    pixels = torch.arange(source, dtype=torch.float64)
+    overlap = torch.minimum(edges[1:, None], pixels[None] + 1) - torch.maximum(edges[:-1, None], pixels[None])
+    return (overlap.clamp(min=0) / scale).float()
+
+
+class ShrinkInput(nn.Module):
+    """Contract-size images or clips [..., H, W] -> the size the model was trained at, then the model."""
+
+    def __init__(self, graph: nn.Module, source: tuple[int, int], target: tuple[int, int]):
+        super().__init__()
+        self.graph = graph
+        self.register_buffer("rows", area_matrix(source[0], target[0]))
+        self.register_buffer("columns", area_matrix(source[1], target[1]).T.contiguous())
+
+    def forward(self, x: torch.Tensor):
+        return self.graph(self.rows @ x @ self.columns)
+
+
+def export_graphs(module, samples: int = 4) -> Graphs:
+    final, logits = module.export_wrapper().eval(), module.export_wrapper(activation=False).eval()
+    inputs = tuple(x.float() for x in module.example_inputs(samples))
+    wanted, trained = contract_image_size(module.contract), getattr(module, "image_size", None)
+    if wanted is None or trained is None or tuple(wanted) == (trained, trained):
+        return Graphs(final, logits, inputs)
+    if trained > min(wanted):
+        raise ExportError(f"the model was trained on {trained} px inputs, larger than the contract's {list(wanted)}: "
+                          f"train at the contract's size")
+    size = (trained, trained)
+    grown = tuple(F.interpolate(x.flatten(0, -4), size=wanted, mode="bilinear", align_corners=False)
+                  .reshape(*x.shape[:-2], *wanted).clamp(0, 1) for x in inputs)
+    return Graphs(ShrinkInput(final, wanted, size).eval(), ShrinkInput(logits, wanted, size).eval(), grown, size)
+
+
+def export_module(module, output: str | Path, opset: int = 18, samples: int = 4) -> tuple[Path, Graphs]:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     contract = module.contract
-    wrapper = module.export_wrapper().eval()
-    inputs = tuple(x.float() for x in module.example_inputs(samples))
+    graphs = export_graphs(module, samples)
     # The TorchScript exporter writes one self-contained file and is the faster of the two; torch flags it as
     # legacy, which is no news to the user.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         # the contract fixes the input size, so shape-dependent branches are meant to be traced as constants
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, inputs, str(output), dynamo=False, opset_version=opset,
+        torch.onnx.export(graphs.final, graphs.inputs, str(output), dynamo=False, opset_version=opset,
                           input_names=contract.input_names, output_names=contract.output_names,
                           dynamic_axes=contract.dynamic_axes(), do_constant_folding=True)
-    write_metadata(output, module_metadata(module))
-    return output, inputs
+    with torch.no_grad():
+        widths = [tuple(t.shape) for t in _as_tuple(graphs.final(*graphs.inputs))]
+    write_metadata(output, module_metadata(module, graphs.model_size), output_shapes(contract, widths))
+    return output, graphs
 
 
-def module_metadata(module) -> dict[str, str]:
+def output_shapes(contract: Contract, shapes: Sequence[tuple[int, ...]]) -> dict[str, list]:
+    """Each output's shape as the contract names it: N and T stay symbolic, every other axis is the fixed size the
+    graph gives it (the exporter's own names for them, such as `ReduceSumau_prob_dim_1`, say nothing)."""
+    return {spec.name: [dim if dim in ("N", "T") else size for dim, size in zip(spec.shape, shape)]
+            for spec, shape in zip(contract.outputs, shapes)}
+
+
+def module_metadata(module, model_size: tuple[int, int] | None = None) -> dict[str, str]:
     contract = module.contract
     metadata = {
         "task": module.task,
@@ -123,11 +215,26 @@ def module_metadata(module) -> dict[str, str]:
         "contract_version": CONTRACT_VERSION,
     }
     metadata.update({k: str(v) for k, v in module.export_metadata().items()})
+    if model_size is not None:
+        metadata.update(at_contract_size(metadata, contract_image_size(contract), model_size))
     metadata["training_config"] = without_local_paths(metadata.get("training_config", ""))
     missing = [key for key in METADATA_KEYS if key not in metadata]
     if missing:
         raise ExportError(f"{type(module).__name__}.export_metadata() lacks {missing}")
     return metadata
+
+
+def at_contract_size(metadata: dict[str, str], size: tuple[int, int], model_size: tuple[int, int]) -> dict[str, str]:
+    """Metadata of a graph that shrinks the contract's input to `model_size`: input pixels are the contract's."""
+    scale = size[1] / model_size[1]
+    changed = {"input_size": json.dumps(list(size)), "model_input_size": json.dumps(list(model_size))}
+    try:
+        template = json.loads(metadata.get("align_template") or "null")
+    except json.JSONDecodeError:
+        template = None
+    if isinstance(template, list) and template:
+        changed["align_template"] = json.dumps([[round(v * scale, 4) for v in point] for point in template])
+    return changed
 
 
 def without_local_paths(config: str) -> str:
@@ -149,7 +256,8 @@ def _scrub(value):
     return value
 
 
-def write_metadata(path: Path, metadata: dict[str, str]) -> None:
+def write_metadata(path: Path, metadata: dict[str, str], shapes: dict[str, list] | None = None) -> None:
+    """The metadata, and (where given) the graph outputs' declared shapes: symbols for str, sizes for ints."""
     import onnx
 
     model = onnx.load(str(path))
@@ -157,6 +265,12 @@ def write_metadata(path: Path, metadata: dict[str, str]) -> None:
     for key, value in sorted(metadata.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+    for output in model.graph.output:
+        for dim, size in zip(output.type.tensor_type.shape.dim, (shapes or {}).get(output.name, ())):
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = int(size)
     onnx.save(model, str(path))
 
 
@@ -234,7 +348,11 @@ def _with_outputs(model, tensors) -> bytes:
 def _as_numpy(wrapper, inputs: tuple) -> list[np.ndarray]:
     with torch.no_grad():
         out = wrapper(*inputs)
-    return [t.float().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+    return [t.float().numpy() for t in _as_tuple(out)]
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _refuse_non_finite(path: Path, name: str, *arrays: np.ndarray) -> None:
@@ -254,15 +372,17 @@ def _time(report: ExportReport, session, names, feeds, wrapper, inputs, runs: in
 def export_checkpoint(checkpoint: str | Path, output: str | Path, opset: int = 18, samples: int = 4,
                       atol: float = 1e-4) -> ExportReport:
     module = load_task_module(checkpoint)
-    path, inputs = export_module(module, output, opset, samples)
+    path, graphs = export_module(module, output, opset, samples)
     try:
-        check_model(__import__("onnx").load(str(path)), module.contract)
-    except ContractError as error:
-        raise ExportError(f"{path}: {error}") from None
+        check_file(path)
+    except (ContractBroken, UnreadableModel) as error:
+        raise ExportError(f"the runtime would refuse it: {error}") from None
     categorical = [spec.name for spec in module.contract.outputs if spec.activation == "softmax"]
-    report = verify(path, module.export_wrapper().eval(), inputs, atol,
-                    logits_wrapper=module.export_wrapper(activation=False).eval(), categorical=categorical)
+    report = verify(path, graphs.final, graphs.inputs, atol, logits_wrapper=graphs.logits, categorical=categorical)
     report.task = module.task
+    if graphs.model_size is not None:
+        report.notes.append(f"trained on {graphs.model_size[0]} px inputs: the graph takes the contract's "
+                            f"{list(contract_image_size(module.contract))} and shrinks them (area) to that size")
     return report
 
 
@@ -286,7 +406,7 @@ def _package_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by train.py")
+    parser.add_argument("checkpoint", help="a .ckpt written by train.py, a run directory or a run name's folder")
     parser.add_argument("output", help="where to write the .onnx model")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18; default 18)")
     parser.add_argument("--samples", type=int, default=4, help="real samples compared between PyTorch and ORT")

@@ -37,8 +37,10 @@ def per_class_figure(values: np.ndarray, class_names: Sequence[str], title: str)
     return fig
 
 
-def publish(figures: dict[str, "plt.Figure"], loggers, out_dir: str | None, step: int) -> None:
-    """Send each figure to loggers that accept images (W&B) and save it under `<run>/figures/`."""
+def publish(figures: dict[str, "plt.Figure"], trainer, out_dir: str | None) -> None:
+    """Send each figure to the trainer's loggers that accept images (W&B) and save it under `<run>/figures/`, at the
+    step its metrics carry in metrics.csv."""
+    loggers, step = trainer.loggers, logged_step(trainer)
     for key, fig in figures.items():
         for logger in loggers:
             if hasattr(logger, "log_image"):
@@ -48,6 +50,12 @@ def publish(figures: dict[str, "plt.Figure"], loggers, out_dir: str | None, step
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def logged_step(trainer) -> int:
+    """The step Lightning writes beside epoch-end metrics (its count of optimiser steps, one less than
+    `global_step` in a validation that ends an epoch)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
 def _to_array(fig) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from common.launch import FoldRun, announce, fold_versions, newest
+from common.launch import FoldRun, announce, error_line, fold_versions, newest, reject_train_options
 from common.loso import (Manifest, add_fanout_arguments, fold_jobs, make_launcher, parse_folds, planned_folds,
                          score_folds)
 
@@ -280,8 +280,9 @@ class Search:
             raise optuna.TrialPruned(f"trial {trial.number} pruned at step {max(reports.reported)}")
         failed = [r for r in runs if r.status != "done"]
         if failed:
-            raise FoldsFailed(f"trial {trial.number}: folds {[r.fold for r in failed]} failed: "
-                              f"{failed[0].error.splitlines()[-1] if failed[0].error else failed[0].status}")
+            reason = f"folds {[r.fold for r in failed]} failed: {error_line(failed[0].error) or failed[0].status}"
+            trial.set_user_attr("error", reason)
+            raise FoldsFailed(f"trial {trial.number}: {reason}")
         return self.score(trial, runs, out)
 
     def score(self, trial, runs: list[FoldRun], out: Path) -> float:
@@ -290,7 +291,7 @@ class Search:
             per_fold = {r.fold: best_validation(Path(r.fit_dir)) for r in runs}
             trial.set_user_attr("fold_values", {str(k): v for k, v in per_fold.items()})
             return float(sum(per_fold.values()) / len(per_fold))
-        scores = score_folds([Path(r.test_dir) for r in runs], out)
+        scores = score_folds(self.task, [Path(r.test_dir) for r in runs], out)
         return metric_value(scores, self.metric)
 
 
@@ -309,7 +310,8 @@ def open_study(args: argparse.Namespace, out: Path, direction: str):
     # a worker that stops beating for grace_period (a killed job, a lost node) has its trial re-run once
     storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is reported in one line by report_trial; Optuna's own warning adds a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=args.study, storage=storage, direction=direction, load_if_exists=True,
                                 pruner=make_pruner(args))
     return study
@@ -386,6 +388,7 @@ def run_study(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / args.task / f"hpo-{args.study}")
     table = planned_folds(out, args.task, config, args.extra)
     recipe = yaml.safe_load((out / "config.yaml").read_text())
+    check_space_options(space, recipe, args.space)
     total = max(table.values()) + 1
     folds = parse_folds(args.folds)
     folds = list(range(total)) if folds is None else folds
@@ -439,7 +442,33 @@ def describe(args: argparse.Namespace) -> str:
 
 def report_trial(trial) -> None:
     value = "" if trial.value is None else f" {trial.value:.4f}"
-    print(f"trial {trial.number}: {trial.state.name.lower()}{value}", flush=True)
+    error = f" ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
+    print(f"trial {trial.number}: {trial.state.name.lower()}{value}{error}", flush=True)
+
+
+def check_space_options(space: Space, recipe: dict, path: Path | str) -> None:
+    """Every searched option must be one train.py takes for this recipe (its resolved config.yaml), checked before
+    any fold trains; a misspelling names the space file, the option and the closest valid name."""
+    import difflib
+
+    valid = recipe_options(recipe)
+    for name in space.params:
+        key = name.replace(".init_args.", ".")
+        if not any(key == option or key.startswith(option + ".") for option in valid):
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"{path}: parameter {name} is not an option of train.py for this recipe{hint}")
+
+
+def recipe_options(recipe: dict) -> set[str]:
+    """`section.option` for every option of a resolved recipe (model and data options live under init_args)."""
+    options = set()
+    for section, values in recipe.items():
+        if not isinstance(values, dict):
+            continue
+        values = values.get("init_args", values) if "class_path" in values else values
+        options.update(f"{section}.{key}" for key in values)
+    return options
 
 
 # ---------------------------------------------------------------- what a study leaves behind
@@ -585,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
+    reject_train_options(argv, "python -m common.hpo")
     parser = argparse.ArgumentParser(prog="python -m common.hpo", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--config", required=True, help="the recipe every trial starts from")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shlex
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from common.predictions import PREDICTIONS_FILE
+from common.tracking import chosen_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHERS = ("local", "ray", "slurm")
@@ -68,14 +70,33 @@ def newest(paths: set[Path]) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
-def chosen_checkpoint(fit_dir: Path) -> Path:
-    """The checkpoint chosen on the validation subjects where there is one, else the last (fixed budget)."""
-    best = sorted(p for p in (fit_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-    return best[-1] if best else fit_dir / "checkpoints" / "last.ckpt"
-
-
 def last_lines(text: str, count: int = 5) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+: )?error: (.+)")
+_HINT = re.compile(r"^\(.*\)$")  # train.py's "(--help lists every option)", "(set FACEX_DEBUG=1 ...)"
+
+
+def error_line(text: str) -> str:
+    """The line of a train.py process's stderr that says what went wrong: its `error:` line where it printed one
+    (the hints after it say nothing about this fold), else the last line that is not such a hint (an exception)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in lines:
+        found = _ERROR_LINE.match(line)
+        if found:
+            return found.group(1)
+    meaningful = [line for line in lines if not _HINT.match(line)]
+    return meaningful[-1] if meaningful else ""
+
+
+def reject_train_options(argv: Sequence[str], program: str) -> None:
+    """train.py's own options given before `--` would be taken for this command's: say where they go."""
+    for token in argv:
+        if re.match(r"--(model|data|trainer|run|checkpoint)\.", token) and not token.startswith("--data.fold"):
+            option = token.split("=", 1)[0]
+            raise SystemExit(f"{program}: {option} is an option of train.py: put it after `--` "
+                             f"(e.g. `{program} ... -- {option} VALUE`), where it reaches every fold")
 
 
 def run_stage(command: list[str], env: dict, stop_file: Path) -> tuple[int | None, str]:
@@ -125,11 +146,11 @@ def run_fold_job(job: FoldJob, gpu: int | None = None, threads: int | None = Non
         return outcome("failed", last_lines(errors) or f"train.py fit ended with exit code {code}")
     if "test" not in job.stages:
         return outcome("done")
-    before = fold_versions(runs_root, job.fold)
+    before = set(fit_dir.glob("test*"))
     code, errors = run_stage(train_command(job.task, "test", "--config", str(fit_dir / "config.yaml"), "--ckpt_path",
                                            str(chosen_checkpoint(fit_dir)), "--run.name", fit_dir.parent.name,
                                            *common), env, job.stop_file)
-    test_dir = newest(fold_versions(runs_root, job.fold) - before)
+    test_dir = newest(set(fit_dir.glob("test*")) - before)  # the test of a run's checkpoint writes inside the run
     run.test_dir = str(test_dir) if test_dir else None
     if code is None:
         return outcome("stopped")
@@ -142,7 +163,7 @@ Notify = Callable[[FoldRun], None]
 
 
 def announce(run: FoldRun) -> None:
-    detail = f" ({run.error.splitlines()[-1]})" if run.error else ""
+    detail = f": {error_line(run.error)}" if run.error else ""
     print(f"fold {run.fold}: {run.status} in {run.seconds:.0f} s" + detail, flush=True)
 
 

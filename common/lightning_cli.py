@@ -16,8 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from common.errors import concise
 from common.progress import LineProgress
 from common.tasks import TaskSpec
-from common.tracking import (RUN_DIR_ENV, RunSettings, is_global_zero, latest_run_with_last_checkpoint, make_loggers,
-                             new_run_dir, trim_metrics)
+from common.tracking import (RUN_DIR_ENV, RunSettings, evaluation_dir, is_global_zero, latest_run_with_last_checkpoint,
+                             make_loggers, new_run_dir, run_of_checkpoint, trim_metrics)
 
 DEFAULT_ROOT = "runs"
 
@@ -63,6 +63,7 @@ class TaskCLI(LightningCLI):
         self.spec = spec
         self.task = spec.name
         self.run_dir: Path | None = None
+        self.checkpoint_run: Path | None = None  # the run whose checkpoint validate/test/predict read
         self.fresh_run = False
         super().__init__(*args, **kwargs)
 
@@ -92,7 +93,7 @@ class TaskCLI(LightningCLI):
         os.environ[RUN_DIR_ENV] = str(run_dir)
         checkpoint: ModelCheckpoint = config.checkpoint
         if checkpoint.dirpath is None:
-            checkpoint.dirpath = str(run_dir / "checkpoints")
+            checkpoint.dirpath = str((self.checkpoint_run or run_dir) / "checkpoints")
         if checkpoint.monitor and getattr(self.datamodule, "validates", True) is False:
             rank_zero_info(f"no validation subjects: checkpoints are kept by epoch, not by {checkpoint.monitor}")
             checkpoint.monitor = None
@@ -119,16 +120,29 @@ class TaskCLI(LightningCLI):
     def resolve_run_dir(self, base: Path, config) -> Path:
         """Rank 0 of the job picks the directory. The ranks Lightning launches on its node inherit the choice through
         the environment; ranks on other nodes (torchrun, srun) never write to theirs: checkpoints, the fold table
-        and predictions reach rank 0's through Lightning's broadcast and a gather."""
+        and predictions reach rank 0's through Lightning's broadcast and a gather.
+
+        `fit` makes a new version (`--ckpt_path last` continues the newest). `validate`, `test` and `predict` of a
+        run's own checkpoint write inside that run (`RUN/test`, then `RUN/test-2`, ...); with a checkpoint from
+        elsewhere, or another `--run.root`/`--run.name`, they make a version of their own there."""
         if not is_global_zero():
             return Path(os.environ.get(RUN_DIR_ENV) or new_run_dir(base))
+        self.fresh_run = True
+        evaluating = self.subcommand != "fit"
         if config.get("ckpt_path") == "last":
             resumed = latest_run_with_last_checkpoint(base)
             if resumed is None:
                 raise SystemExit(f"--ckpt_path last: no checkpoints/last.ckpt under {base}/version_*")
+            if evaluating:
+                self.checkpoint_run = resumed
+                return evaluation_dir(resumed, self.subcommand)
+            self.fresh_run = False
             trim_metrics(resumed, _checkpoint_step(resumed / "checkpoints" / "last.ckpt"))
             return resumed
-        self.fresh_run = True
+        owner = run_of_checkpoint(config.get("ckpt_path"))
+        if evaluating and owner is not None and owner.parent.resolve() == base.resolve():
+            self.checkpoint_run = owner
+            return evaluation_dir(owner, self.subcommand)
         return new_run_dir(base)
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -16,9 +16,9 @@ Every fold's progress and outcome are kept in `loso.json`, so a crashed fold is 
 aggregate is updated; when every fold of the table has its predictions, the pooled `predictions.csv`,
 `scores.json`, `subjects.csv` and `subjects.png` are written to the output folder.
 
-A spotting run (whose folds write `ground_truth.csv` beside their submission files) is pooled by
-`spotting.evaluate.pool_folds` instead: `predictions.csv`, `baseline_predictions.csv`, `ground_truth.csv` and
-`scores.json` (MEGC spotting F1 of the learned spotter and of the baseline, counts summed over every fold).
+How a task's folds are pooled is its registry entry's `fold_scorer` (common.tasks): classification tasks pool
+their predictions here (`pool_predictions`); the spotting task joins its submission files and scores them by the
+MEGC spotting rules (`scores.json`: learned spotter and baseline, counts summed over every fold).
 
 `score` pools prediction files (one row per clip: dataset, subject, sample, label, pred, p_<class>...) and prints
 the MEGC2019 recognition scores: for each class TP, FP and FN summed over all folds, F1 and recall per class,
@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from common.launch import (LAUNCHERS, FoldJob, FoldRun, LocalLauncher, RayLauncher, SlurmSettings, announce,
-                           last_lines, run_fold_job, sbatch_script, train_command)
+                           error_line, last_lines, reject_train_options, run_fold_job, sbatch_script, train_command)
 from common.predictions import ID_COLUMNS, PREDICTIONS_FILE, read_predictions, write_rows
 
 MANIFEST = "loso.json"
@@ -262,7 +262,8 @@ def planned_folds(out: Path, task: str, config: str, extra: Sequence[str]) -> di
                                   capture_output=True, text=True)
             made = list(scratch.glob(f"*/*/version_*/{FOLDS_FILE}"))
             if plan.returncode != 0 or not made:
-                raise ValueError(f"the folds of {config} could not be made:\n{last_lines(plan.stderr)}")
+                raise ValueError(f"the folds of {config} could not be made: "
+                                 f"{error_line(plan.stderr) or f'train.py ended with exit code {plan.returncode}'}")
             shutil.copy(made[0].parent / "config.yaml", out / "config.yaml")
             shutil.copy(made[0], saved)
         finally:
@@ -357,22 +358,26 @@ def aggregate(manifest: Manifest, out: Path) -> int:
         print(f"{len(done)} of {total if total is not None else '?'} folds done; the pooled scores are written when "
               f"every fold has its predictions", file=sys.stderr)
         return 1
-    score_folds([Path(manifest.folds[k].test_dir) for k in range(total)], out)
+    score_folds(manifest.task, [Path(manifest.folds[k].test_dir) for k in range(total)], out)
     return 0
 
 
-def score_folds(test_dirs: Sequence[Path], out: Path) -> dict:
-    """Pool the test predictions of these folds into `out`, print and return the scores (scores.json's content)."""
-    if all((d / "ground_truth.csv").is_file() for d in test_dirs):  # interval spotting: MEGC spotting rules
-        from spotting.evaluate import pool_folds
+def score_folds(task: str, test_dirs: Sequence[Path], out: Path) -> dict:
+    """Pool the folds' test outputs into `out` as the task's registry entry says, print and return the scores
+    (scores.json's content)."""
+    from common.tasks import get_task
 
-        print("\n".join(pool_folds(test_dirs, out)))
-        return json.loads((out / "scores.json").read_text())
+    scores, lines = get_task(task).score_folds(test_dirs, out)
+    print("\n".join(lines))
+    return scores
+
+
+def pool_predictions(test_dirs: Sequence[Path], out: Path) -> tuple[dict, list[str]]:
+    """Classification folds: their predictions.csv files pooled as MEGC2019 defines it (UF1, UAR over all folds)."""
     rows, classes = pool(d / PREDICTIONS_FILE for d in test_dirs)
     scores = report(rows, classes)
     write_report(out, rows, classes, scores)
-    print("\n".join(summary_lines(scores)))
-    return scores
+    return scores, summary_lines(scores)
 
 
 def parse_folds(text: str) -> list[int] | None:
@@ -407,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
+    reject_train_options(argv, "python -m common.loso")
     parser = argparse.ArgumentParser(prog="python -m common.loso", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and test every fold, then pool and score")

@@ -350,7 +350,7 @@ class ClassificationModule(TaskModule):
                 f"{stage}/confusion_matrix": confusion_figure(confmat.cpu().numpy(), self.class_names, f"{stage} confusion"),
                 f"{stage}/per_class_f1": per_class_figure(per_class.cpu().numpy(), self.class_names, f"{stage} F1 per class"),
             }
-            publish(figures, self.trainer.loggers, out_dir, self.global_step)
+            publish(figures, self.trainer, out_dir)
 
     # --- export ---
     def export_wrapper(self, activation: bool = True) -> nn.Module:

@@ -19,8 +19,13 @@ class TaskSpec:
     datamodule: str
     contract: str  # "<task>.contract.CONTRACT": importable without torch, for the runtime
     default_config: str
+    # Where the default recipe is meant to run, for --help
+    default_runs_on: str = "for a GPU"
     # Values the model takes from the instantiated data module (class names, input size, ...).
     links: tuple[tuple[str, str], ...] = ()
+    # How the test outputs of a LOSO run's folds are pooled and scored: `f(test_dirs, out) -> (scores, lines)`,
+    # writing the pooled files and scores.json into `out`.
+    fold_scorer: str = "common.loso.pool_predictions"
 
     def module_class(self) -> type:
         return _import_object(self.module)
@@ -31,8 +36,20 @@ class TaskSpec:
     def datamodule_class(self) -> type:
         return _import_object(self.datamodule)
 
+    def score_folds(self, test_dirs, out):
+        return _import_object(self.fold_scorer)(test_dirs, out)
+
     def config_files(self) -> list[str]:
         return [str(CONFIG_DIR / "trainer.yaml"), str(CONFIG_DIR / self.default_config)]
+
+    @property
+    def quick_config(self) -> str:
+        """A few lines over the default recipe that train, test and export in minutes on a CPU."""
+        return f"configs/{self.name}/quick.yaml"
+
+    def recipes_text(self) -> str:
+        return (f"{self.name}: default recipe configs/{self.default_config} ({self.default_runs_on}); "
+                f"in minutes on a CPU: --config {self.quick_config}")
 
 
 # What a classification model takes from its data module.
@@ -54,7 +71,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("spotting", "spotting.module.SpottingModule", "spotting.data.SpottingDataModule",
                  "spotting.contract.CONTRACT", "spotting/synthetic.yaml",
                  links=(("data.feature_dim", "model.init_args.feature_dim"), ("data.features", "model.init_args.features"),
-                        ("data.preprocessing", "model.init_args.preprocessing"))),
+                        ("data.preprocessing", "model.init_args.preprocessing")),
+                 fold_scorer="spotting.evaluate.pool_folds", default_runs_on="minutes on a CPU, less on a GPU"),
     )
 }
 

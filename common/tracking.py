@@ -78,6 +78,31 @@ def new_run_dir(base: Path) -> Path:
     return base / f"version_{max(taken, default=-1) + 1}"
 
 
+def chosen_checkpoint(run: Path) -> Path:
+    """The checkpoint chosen on the validation subjects where there is one, else the last (fixed budget)."""
+    best = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+    return best[-1] if best else run / "checkpoints" / "last.ckpt"
+
+
+def evaluation_dir(run: Path, stage: str) -> Path:
+    """Where `stage` (validate, test, predict) of a run's own checkpoint writes: `RUN/<stage>`, then `RUN/<stage>-2`,
+    ... (never over an earlier result)."""
+    path, count = run / stage, 1
+    while path.exists():
+        count += 1
+        path = run / f"{stage}-{count}"
+    return path
+
+
+def run_of_checkpoint(ckpt_path: str | None) -> Path | None:
+    """The run directory a checkpoint file lies in (`RUN/checkpoints/x.ckpt`, RUN holding config.yaml), or None."""
+    if not ckpt_path or ckpt_path in ("last", "best"):
+        return None
+    path = Path(ckpt_path)
+    run = path.parent.parent
+    return run if path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+
+
 def latest_run_with_last_checkpoint(base: Path) -> Path | None:
     versions = sorted(base.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parent.parent.name[8:]))
     return versions[-1].parent.parent if versions else None

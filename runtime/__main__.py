@@ -9,6 +9,11 @@ with a micro-expression model each spotted micro interval is classified into <ou
 columns subject, video, onset, offset, emotion). Models replaced in DIR while it runs are picked up (a broken file is
 refused and the old model keeps serving). --annotate writes the video with the face box, the top emotion, the
 active AUs and the spotted intervals drawn on it.
+
+A model file the contract's check refuses is named on stderr with the reason and the others are served; the exit
+status is non-zero only when none can be served (`--strict`: any refused file stops everything). Ctrl-C stops
+after the current frame: the rows written so far stay in --out (and the intervals found so far in their file), and
+the exit status is 130. Progress is a live line on a terminal and a plain line every 10 s in a log.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from runtime.pipeline import Pipeline, find_models
 
-
+INTERRUPTED = 130
 
 def open_capture(source: str) -> tuple[cv2.VideoCapture, float, int]:
     capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
@@ -74,39 +79,67 @@ def detector_of(models: dict) -> str:
     return "auto"
 
 
+class Progress:
+    """A live line on a terminal; plain lines every `every` seconds where stderr is a log."""
+
+    def __init__(self, total: int, enabled: bool = True, every: float | None = None):
+        self.total, self.enabled = total, enabled
+        self.live = sys.stderr.isatty()
+        self.every = every if every is not None else (1.0 if self.live else 10.0)
+        self.start = self.last = time.monotonic()
+
+    def update(self, frames: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.every:
+            return
+        self.last = now
+        done = f"{frames}/{self.total}" if self.total else str(frames)
+        text = f"{done} frames, {frames / max(now - self.start, 1e-9):.1f} frames/s"
+        print(f"\r{text}" if self.live else text, end="" if self.live else "\n", file=sys.stderr, flush=True)
+
+    def close(self, frames: int) -> None:
+        if self.enabled:
+            print(f"{chr(13) if self.live else ''}{frames} frames in {time.monotonic() - self.start:.1f} s",
+                  file=sys.stderr)
+
+
 def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, detector: str | None = None,
         watch: bool = True, progress: bool = True, providers: list[str] | None = None, threads: int | None = None,
-        clip_stride: int = 8) -> dict:
+        clip_stride: int = 8, strict: bool = False) -> dict:
+    """Writes the files and returns {"frames", "files", "intervals", "refused": [(path, reason)], "interrupted"}."""
     capture, fps, total = open_capture(source)
-    models = find_models(models_dir, watch=watch, providers=providers, threads=threads, keep_labels=True)
+    refused: list = []
+    models = find_models(models_dir, watch=watch, providers=providers, threads=threads, keep_labels=True,
+                         strict=strict, refused=refused)
+    for path, reason in refused:
+        print(f"runtime: not serving {path.name}: {reason}", file=sys.stderr, flush=True)
     video = Path(source).stem if not source.isdigit() else f"camera{source}"
     pipeline = Pipeline(models, fps, detector or detector_of(models), clip_stride=clip_stride, subject="", video=video)
     columns = pipeline.columns()
     intervals: list = []
     annotator = None
     out.parent.mkdir(parents=True, exist_ok=True)
-    start, frames, last_report = time.monotonic(), 0, 0.0
+    frames, interrupted, meter = 0, False, Progress(total, progress)
     try:
         with open(out, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, restval="")
             writer.writeheader()
-            while True:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                if annotate is not None and annotator is None:
-                    annotator = Annotator(annotate, fps, (bgr.shape[1], bgr.shape[0]))
-                result = pipeline.frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), frames)
-                intervals += result.intervals
-                writer.writerow(pipeline.row(result))
-                if annotator is not None:
-                    annotator.draw(bgr, result, fps)
-                frames += 1
-                if progress and time.monotonic() - last_report > 1.0:
-                    last_report = time.monotonic()
-                    rate = frames / max(last_report - start, 1e-9)
-                    done = f"{frames}/{total}" if total else str(frames)
-                    print(f"\r{done} frames, {rate:.1f} frames/s", end="", file=sys.stderr, flush=True)
+            try:
+                while True:
+                    ok, bgr = capture.read()
+                    if not ok:
+                        break
+                    if annotate is not None and annotator is None:
+                        annotator = Annotator(annotate, fps, (bgr.shape[1], bgr.shape[0]))
+                    result = pipeline.frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), frames)
+                    intervals += result.intervals
+                    writer.writerow(pipeline.row(result))
+                    if annotator is not None:
+                        annotator.draw(bgr, result, fps)
+                    frames += 1
+                    meter.update(frames)
+            except KeyboardInterrupt:
+                interrupted = True
         intervals += pipeline.finish()
     finally:
         capture.release()
@@ -114,8 +147,7 @@ def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, 
             annotator.close()
         for model in models.values():
             model.close()
-    if progress:
-        print(f"\r{frames} frames in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    meter.close(frames)
     files = {"frames": out}
     if "spotting" in models:
         files["intervals"] = write_intervals(out.with_name(out.stem + "_intervals.csv"), video, intervals, fps)
@@ -128,7 +160,7 @@ def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, 
             writer.writeheader()
             writer.writerows(strs_rows(video, video, pipeline.recognised))
         files["strs"] = path
-    return {"frames": frames, "files": files, "intervals": intervals}
+    return {"frames": frames, "files": files, "intervals": intervals, "refused": refused, "interrupted": interrupted}
 
 
 def write_intervals(path: Path, video: str, intervals: Sequence, fps: float) -> Path:
@@ -153,15 +185,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (default: CUDA if available, CPU)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
     parser.add_argument("--clip-stride", type=int, default=8, help="frames between two micro-expression clips")
+    parser.add_argument("--strict", action="store_true", help="refuse to start when any model in --models is refused")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         result = run(args.source, args.models, args.out, args.annotate, args.detector, providers=args.providers,
-                     threads=args.threads, clip_stride=args.clip_stride)
+                     threads=args.threads, clip_stride=args.clip_stride, strict=args.strict)
     except (FileNotFoundError, ValueError) as error:
         print(f"runtime: {error}", file=sys.stderr)
         return 2
-    print(f"{result['frames']} frames -> " + ", ".join(str(p) for p in result["files"].values()))
+    except KeyboardInterrupt:  # before the first frame (loading the models)
+        print("runtime: interrupted before the first frame", file=sys.stderr)
+        return INTERRUPTED
+    files = ", ".join(str(p) for p in result["files"].values())
+    if result["interrupted"]:
+        print(f"runtime: interrupted after {result['frames']} frames; what was found so far is kept in {files}",
+              file=sys.stderr)
+        return INTERRUPTED
+    print(f"{result['frames']} frames -> {files}")
     return 0
 
 

@@ -1,10 +1,10 @@
 """`python -m runtime.check MODEL.onnx [--json]`: is this file a model the application can run, and how to feed it.
 
-Validates the file against its task's contract (common.contract and <task>/contract.py): input and output names,
-ranks, fixed dimensions and float32 types, the metadata every model carries, the labels (class names or AU names
-that match the output width), and the value ranges of the outputs on a probe input (probabilities that sum to 1,
-sigmoid scores in [0, 1], AU intensities in [0, 5]). Then prints what a C++ consumer needs: inputs, outputs, the
-preprocessing in order, labels, fps and clip sampling.
+Validates the file with the contract's check (`common.contract.check_file`, the one `common.export` runs on what it
+writes): input and output names, ranks, fixed dimensions and float32 types, the metadata every model carries, the
+labels (class names or AU names that match the output width), and the value ranges of the outputs on a probe input
+(probabilities that sum to 1, sigmoid scores in [0, 1], AU intensities in [0, 5]). Then prints what a C++ consumer
+needs: inputs, outputs, the preprocessing in order, labels, fps and clip sampling.
 
 Exit status: 0 the model is valid; 1 it was read but breaks the contract (the message says how); 2 the file cannot
 be read (missing, truncated, not ONNX).
@@ -14,188 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from common.contract import METADATA_KEYS, Contract
-from common.tasks import TASKS
+# the check itself is the contract's (export runs it on every file it writes); served from here too
+from common.contract import ContractBroken, ModelInfo, UnreadableModel, check_file  # noqa: F401
 
 REFUSED, UNREADABLE = 1, 2
-FLOAT = 1  # onnx.TensorProto.FLOAT
-SUM_TOLERANCE = 1e-3
-
-
-class UnreadableModel(OSError):
-    """The file is missing, partial or not an ONNX model."""
-
-
-class ContractBroken(ValueError):
-    """The file is an ONNX model, but not one the contract allows."""
-
-
-@dataclass
-class ModelInfo:
-    path: Path
-    task: str
-    metadata: dict[str, str]
-    inputs: list[dict]
-    outputs: list[dict]
-    labels: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"path": str(self.path), "task": self.task, "inputs": self.inputs, "outputs": self.outputs,
-                "labels": self.labels, "preprocessing": preprocessing_steps(self), "fps": self.metadata.get("fps", ""),
-                "clip_length": self.metadata.get("clip_length", ""),
-                "clip_sampling": self.metadata.get("clip_sampling", ""),
-                "outputs_are_probabilities": self.metadata.get("output_activation", "")}
-
-
-def contract_of(task: str) -> Contract:
-    if task not in TASKS:
-        raise ContractBroken(f"metadata names task {task!r}; the application serves {sorted(TASKS)}")
-    return TASKS[task].contract_object()
-
-
-def load_proto(path: Path | str):
-    """The ModelProto, or UnreadableModel naming the file."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise UnreadableModel(f"{path}: no such file")
-    try:
-        return onnx.load(str(path))
-    except Exception as error:  # truncated or foreign bytes: protobuf's own message says little
-        raise UnreadableModel(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-
-
-def tensor_info(value) -> dict:
-    kind = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in kind.shape.dim]
-    return {"name": value.name, "shape": dims, "dtype": "float32" if kind.elem_type == FLOAT else str(kind.elem_type)}
-
-
-def check_structure(proto, path: Path) -> ModelInfo:
-    metadata = {p.key: p.value for p in proto.metadata_props}
-    if "task" not in metadata:
-        raise ContractBroken(f"{path}: no `task` in the model metadata: not exported by common.export")
-    task = metadata["task"]
-    contract = contract_of(task)
-    missing = [key for key in METADATA_KEYS if key not in metadata]
-    if missing:
-        raise ContractBroken(f"{path}: metadata lacks {missing}")
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [tensor_info(v) for v in proto.graph.input if v.name not in initializers]
-    outputs = [tensor_info(v) for v in proto.graph.output]
-    for role, found, specs in (("inputs", inputs, contract.inputs), ("outputs", outputs, contract.outputs)):
-        names = [t["name"] for t in found]
-        if names != [s.name for s in specs]:
-            raise ContractBroken(f"{path}: {task} {role} are {names}; the contract says {[s.name for s in specs]}")
-        for tensor, spec in zip(found, specs):
-            if tensor["dtype"] != "float32":
-                raise ContractBroken(f"{path}: {tensor['name']} is {tensor['dtype']}, the contract says float32")
-            if len(tensor["shape"]) != len(spec.shape):
-                raise ContractBroken(f"{path}: {tensor['name']} has rank {len(tensor['shape'])}, the contract says "
-                                     f"{len(spec.shape)} {list(spec.shape)}")
-            for axis, (dim, want) in enumerate(zip(tensor["shape"], spec.shape)):
-                if isinstance(want, int) and dim != want:
-                    raise ContractBroken(f"{path}: {tensor['name']} axis {axis} is {dim}, the contract says {want} "
-                                         f"(shape {list(spec.shape)})")
-                if want in ("N", "T") and isinstance(dim, int):
-                    raise ContractBroken(f"{path}: {tensor['name']} axis {axis} ({want}) is fixed at {dim}; it must be "
-                                         f"dynamic")
-    info = ModelInfo(Path(path), task, metadata, inputs, outputs)
-    info.labels = check_labels(info)
-    return info
-
-
-def check_labels(info: ModelInfo) -> list[str]:
-    key = "aus" if info.task == "au" else "score_names" if info.task == "spotting" else "classes"
-    try:
-        labels = json.loads(info.metadata.get(key, ""))
-    except json.JSONDecodeError:
-        raise ContractBroken(f"{info.path}: metadata {key!r} is not a JSON list: {info.metadata.get(key)!r}") from None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise ContractBroken(f"{info.path}: metadata {key!r} must list names, got {labels!r}")
-    width = info.outputs[0]["shape"][-1]
-    if isinstance(width, int) and width != len(labels):
-        raise ContractBroken(f"{info.path}: {info.outputs[0]['name']} has {width} values per row but {key} names "
-                             f"{len(labels)}")
-    return labels
-
-
-def probe_input(info: ModelInfo, batch: int = 2, length: int = 48) -> dict[str, np.ndarray]:
-    """A deterministic input in the contract's range (images in [0, 1]; spotting features near zero)."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for tensor in info.inputs:
-        symbols = {"N": batch, "T": length}
-        if info.task == "spotting":  # the feature width is fixed by the extractor, named in input_size ["T", D]
-            symbols["D"] = int(json.loads(info.metadata.get("input_size", "[0, 0]"))[-1])
-        shape = [d if isinstance(d, int) else symbols.get(d, batch if i == 0 else d)
-                 for i, d in enumerate(tensor["shape"])]
-        if any(not isinstance(d, int) or d <= 0 for d in shape):
-            raise ContractBroken(f"{info.path}: cannot size a probe for {tensor['name']} {tensor['shape']}")
-        scale = 0.01 if info.task == "spotting" else 1.0
-        feeds[tensor["name"]] = (rng.random(shape, dtype=np.float32) * scale).astype(np.float32)
-    return feeds
-
-
-def check_values(info: ModelInfo, outputs: dict[str, np.ndarray]) -> None:
-    for name, value in outputs.items():
-        if not np.isfinite(value).all():
-            raise ContractBroken(f"{info.path}: {name} gives NaN or infinite values on the probe input")
-    if info.task in ("emotion", "microexp"):
-        probs = outputs["probs"]
-        if probs.min() < 0 or probs.max() > 1 or np.abs(probs.sum(-1) - 1).max() > SUM_TOLERANCE:
-            raise ContractBroken(f"{info.path}: probs must be probabilities summing to 1 per row "
-                                 f"(sums {np.round(probs.sum(-1), 4).tolist()})")
-    elif info.task == "au":
-        if outputs["au_prob"].min() < 0 or outputs["au_prob"].max() > 1:
-            raise ContractBroken(f"{info.path}: au_prob outside [0, 1]")
-        if outputs["au_intensity"].min() < -1e-4 or outputs["au_intensity"].max() > 5 + 1e-4:
-            raise ContractBroken(f"{info.path}: au_intensity outside [0, 5]")
-    elif info.task == "spotting":
-        if outputs["scores"].min() < 0 or outputs["scores"].max() > 1:
-            raise ContractBroken(f"{info.path}: scores outside [0, 1]")
-
-
-def check_file(path: Path | str, session=None) -> ModelInfo:
-    """Structure, labels and value ranges; raises UnreadableModel or ContractBroken."""
-    path = Path(path)
-    info = check_structure(load_proto(path), path)
-    if session is None:
-        import onnxruntime as ort
-
-        try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise UnreadableModel(f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: "
-                                  f"{str(error).splitlines()[0][:200]})") from None
-    feeds = probe_input(info)
-    try:
-        values = session.run(None, feeds)
-    except Exception as error:
-        raise ContractBroken(f"{path}: the probe input {({k: list(v.shape) for k, v in feeds.items()})} fails "
-                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
-    check_values(info, dict(zip([o["name"] for o in info.outputs], values)))
-    return info
 
 
 def preprocessing_steps(info: ModelInfo) -> list[str]:
     m = info.metadata
-    size = m.get("input_size", "")
+    settings = json.loads(m.get("feature_settings", "{}") or "{}") if info.task == "spotting" else {}
+    size = f"{settings.get('size')} x {settings.get('size')} px" if settings else m.get("input_size", "")
     steps = [f"detect the face: {m.get('face_detector', '')}",
              f"landmarks: {m.get('landmark_scheme', '')}",
              f"align: similarity transform of the 5 points onto align_template {m.get('align_template', '')} "
              f"(input pixels; margin {m.get('align_margin', '')})",
              f"crop and resize to {size}: {m.get('resize_interpolation', '')}"]
     if info.task == "spotting":
-        settings = json.loads(m.get("feature_settings", "{}") or "{}")
-        steps += [f"grey face of {settings.get('size')} px; subsample to about {settings.get('target_fps')} fps",
+        steps += [f"grey face; subsample to about {settings.get('target_fps')} fps",
                   f"optical flow ({settings.get('method')}) between frames k apart (k = {settings.get('k') or '0.1 s'})",
                   f"pool over regions {settings.get('regions')}, minus the reference region's motion, divided by the "
                   f"inter-ocular distance; features in the order of `names`",
@@ -206,6 +44,14 @@ def preprocessing_steps(info: ModelInfo) -> list[str]:
     if info.task == "microexp":
         steps.append(f"clip: {m.get('clip_length', '')} frames, {m.get('clip_sampling', '')}; fps {m.get('fps', '')}")
     return steps
+
+
+def info_dict(info: ModelInfo) -> dict:
+    return {"path": str(info.path), "task": info.task, "inputs": info.inputs, "outputs": info.outputs,
+            "labels": info.labels, "preprocessing": preprocessing_steps(info), "fps": info.metadata.get("fps", ""),
+            "clip_length": info.metadata.get("clip_length", ""),
+            "clip_sampling": info.metadata.get("clip_sampling", ""),
+            "outputs_are_probabilities": info.metadata.get("output_activation", "")}
 
 
 def describe(info: ModelInfo) -> str:
@@ -234,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContractBroken as error:
         print(f"refused: {error}", file=sys.stderr)
         return REFUSED
-    print(json.dumps(info.as_dict(), indent=2) if args.json else describe(info))
+    print(json.dumps(info_dict(info), indent=2) if args.json else describe(info))
     return 0
 
 

@@ -37,20 +37,29 @@ TASK_ORDER = ("emotion", "au", "microexp", "spotting")
 
 
 def find_models(folder: Path | str, watch: bool = False, providers=None, threads: int | None = None,
-                keep_labels: bool = False) -> dict[str, Model]:
-    """{task: Model} for the .onnx files of a folder (one per task; a second of the same task is an error)."""
+                keep_labels: bool = False, strict: bool = True, refused: list | None = None) -> dict[str, Model]:
+    """{task: Model} for the .onnx files of a folder (one per task; a second of the same task is an error).
+
+    A file the contract's check refuses stops everything with `strict`; without, it is left out and (path, reason)
+    is appended to `refused`, and only a folder where nothing can be served is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: models folder not found")
     models: dict[str, Model] = {}
+    left_out = [] if refused is None else refused
     for path in sorted(folder.glob("*.onnx")):
         try:
             model = Model(path, watch=watch, providers=providers, threads=threads, keep_labels=keep_labels)
         except (UnreadableModel, ContractBroken) as error:
-            raise ValueError(f"{path}: cannot serve it: {error}") from None
+            if strict:
+                raise ValueError(f"{path}: cannot serve it: {error}") from None
+            left_out.append((path, str(error)))
+            continue
         if model.task in models:
             raise ValueError(f"{folder}: two {model.task} models ({models[model.task].path.name}, {path.name})")
         models[model.task] = model
+    if not models and left_out:
+        raise ValueError(f"{folder}: no model can be served (" + "; ".join(r for _, r in left_out) + ")")
     if not models:
         raise FileNotFoundError(f"{folder}: no .onnx models")
     return {task: models[task] for task in TASK_ORDER if task in models}

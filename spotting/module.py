@@ -121,6 +121,23 @@ class SpottingModule(TaskModule):
     def spots(self, video: dict, thresholds: dict | None = None) -> list:
         return spot(video["scores"], video["numbers"], self.settings(video, thresholds), video["step"])
 
+    def spot_video(self, path, detector: str | None = None) -> list:
+        """Intervals (onset, apex, offset in the source's frame numbers, type, score) in a video file or frame folder,
+        found as `test` finds them: this model's feature settings, the network, the thresholds chosen in training.
+        `detector` overrides the recorded face detector ('none' for frames that are the face already)."""
+        from pathlib import Path
+
+        from common.data.readers import open_frames
+        from spotting.features import FeatureSettings, extract
+
+        chosen = {k: v for k, v in self.features.items() if k != "names"}
+        settings = FeatureSettings(**{**chosen, **({"detector": detector} if detector else {})})
+        with open_frames("frames" if Path(path).is_dir() else "video", path) as source:
+            found = extract(source.read, source.numbers, source.fps or settings.target_fps, settings, where=path)
+        with torch.no_grad():
+            scores = self(torch.from_numpy(found.features)[None].to(self.device))[0].float().cpu().numpy()
+        return self.spots({"scores": scores, "numbers": found.numbers, "fps": found.fps, "step": found.step})
+
     def baseline(self) -> ThresholdSpotter:
         regions = len(self.features.get("regions", ())) or (self.hparams.feature_dim - 2) // 3 + 1
         return ThresholdSpotter(regions, dict(zip(TYPES, self.baseline_p.tolist())))

@@ -22,7 +22,7 @@ def test_megraphau_learns_synthetic_aus_on_held_out_subjects(tmp_path):
     fit = main(["--task", "au", "fit", *args, "--trainer.max_epochs", "10"])
     main(["--task", "au", "test", "--config", str(next(tmp_path.glob("au/*/version_0/config.yaml"))),
           "--ckpt_path", str(next(tmp_path.glob("au/*/version_0/checkpoints/last.ckpt")))])
-    rows = list(csv.DictReader(open(next(tmp_path.glob("au/*/version_1/predictions.csv")))))
+    rows = list(csv.DictReader(open(next(tmp_path.glob("au/*/version_0/test/predictions.csv")))))
     assert len(rows) == 4 * 28 and {r["subject"] for r in rows}.isdisjoint(
         {f"synthetic/{s}" for s in fit.datamodule.train_set.faces.subjects})
     names = fit.model.class_names

@@ -76,6 +76,65 @@ def test_icc_3_1_of_known_cases():
     assert icc_3_1(a, b) == pytest.approx((ms_r - ms_e) / (ms_r + ms_e))
 
 
+def write_predictions(path, dataset, aus, rows, intensity=None):
+    """A predictions.csv as AUModule writes it: rows of (predicted, true) per AU; intensity (raw, label) pairs."""
+    names = [f"AU{au:02d}" for au in aus]
+    header = ["dataset", "subject", "sample"] + [f"{n}_{f}" for n in names
+                                                 for f in ("c", "r", "r_raw", "p", "label", "mask", "r_label", "r_mask")]
+    lines = [",".join(header)]
+    for i, values in enumerate(rows):
+        cells = [dataset, "s1", f"f{i}"]
+        for k, (pred, true) in enumerate(values):
+            raw, label = intensity[i][k] if intensity else (0.0, 0.0)
+            cells += [str(pred), str(raw * pred), str(raw), str(0.9 if pred else 0.1), str(true), "1", str(label),
+                      "1" if intensity else "0"]
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_standard_au_mean_reaches_the_report_and_the_line(tmp_path, capsys):
+    aus = [1, 2, 5]  # BP4D's standard 12 have AU1 and AU2, not AU5
+    rows = [[(1, 1), (0, 1), (1, 1)], [(1, 0), (1, 1), (1, 1)], [(0, 0), (1, 1), (1, 1)]]
+    path = write_predictions(tmp_path / "bp4d.csv", "bp4d", aus, rows)
+    assert evaluate_main([str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    f1 = {"AU01": 2 / 3, "AU02": 0.8, "AU05": 1.0}
+    assert report["mean_f1"] == pytest.approx(np.mean(list(f1.values())))
+    assert report["mean_f1_standard"] == pytest.approx((f1["AU01"] + f1["AU02"]) / 2)
+    assert report["by_dataset"]["bp4d"]["mean_f1_standard"] == report["mean_f1_standard"]
+    assert evaluate_main([str(path)]) == 0
+    assert f"standard AUs {report['mean_f1_standard']:.4f}" in capsys.readouterr().out
+
+
+def test_an_undefined_icc_is_reported_as_undefined_without_a_warning(tmp_path, capsys):
+    import warnings
+
+    constant = [[(2.0, 3.0)], [(2.0, 3.0)], [(2.0, 3.0)]]  # no variance: ICC(3,1) has nothing to explain
+    path = write_predictions(tmp_path / "p.csv", "disfa", [1], [[(1, 1)]] * 3, intensity=constant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate_main([str(path), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["mean_icc"] is None and report["folds"][0]["intensity"]["AU01"]["icc"] is None
+        assert report["mean_mae"] == pytest.approx(1.0)
+        assert evaluate_main([str(path)]) == 0
+    assert "ICC(3,1) undefined, MAE 1.0000" in capsys.readouterr().out
+
+
+def test_forward_and_predict_gate_the_intensity_as_the_export_does():
+    module = AUModule([f"AU{a:02d}" for a in (1, 2, 4)], image_size=64, crop_size=56, backbone="resnet18", stage=1).eval()
+    faces = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        module.threshold = float(module(faces)["au_prob"].median())  # some AUs on each side of it
+        out = module(faces)
+    assert set(out) >= {"au_prob", "au_intensity", "au_intensity_raw"}
+    absent = out["au_prob"] < module.threshold
+    assert absent.any() and (~absent).any()
+    assert torch.all(out["au_intensity"][absent] == 0)
+    assert torch.equal(out["au_intensity"][~absent], out["au_intensity_raw"][~absent])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("au_runs")
@@ -84,7 +143,7 @@ def trained(tmp_path_factory):
     run = next(root.glob("au/*/version_0"))
     train_main(["--task", "au", "test", "--config", str(run / "config.yaml"), "--ckpt_path",
                 str(run / "checkpoints" / "last.ckpt")])
-    return run, next(root.glob("au/*/version_1"))
+    return run, run / "test"
 
 
 def test_predictions_use_openface_names_and_keep_intensity_consistent(trained):
@@ -118,12 +177,19 @@ def test_export_has_both_heads_and_the_au_names(trained, tmp_path):
     out = tmp_path / "au.onnx"
     report = export_checkpoint(run / "checkpoints" / "last.ckpt", out)
     assert report.max_abs_diff["au_prob"] <= 1e-4 and report.max_abs_diff["au_intensity"] <= 1e-4
+    assert any(line.startswith("before the activation") for line in report.lines())
+    import onnx
+
+    declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+                for o in onnx.load(str(out)).graph.output}
+    assert declared == {"au_prob": ["N", 17], "au_intensity": ["N", 17]}, "K is fixed and N named as the contract names it"
     metadata = exported_metadata(out, "au")
     assert json.loads(metadata["aus"])[:3] == ["AU01", "AU02", "AU04"] and len(json.loads(metadata["aus"])) == 17
-    assert json.loads(metadata["input_size"]) == [64, 64] and "au_prob < 0.5" in metadata["output_activation"]
+    assert json.loads(metadata["input_size"]) == [256, 256] and json.loads(metadata["model_input_size"]) == [64, 64]
+    assert "au_prob < 0.5" in metadata["output_activation"]
     import onnxruntime as ort
 
-    image = torch.rand(2, 3, 64, 64).numpy()
+    image = torch.rand(2, 3, 256, 256).numpy()
     prob, intensity = ort.InferenceSession(str(out)).run(["au_prob", "au_intensity"], {"image": image})
     assert prob.shape == intensity.shape == (2, 17) and np.all(intensity[prob < 0.5] == 0)
 

@@ -1,5 +1,6 @@
 """train.py: task selection, LightningCLI hand-over, run directories, saved configs, resume, DDP, W&B offline."""
 import csv
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,8 @@ def test_ddp_two_cpu_processes_bf16(tmp_path):
     tested = run_train("--task", "emotion", "test", "--config", str(runs[0] / "config.yaml"),
                        "--data.per_subject", "7", "--ckpt_path", str(runs[0] / "checkpoints" / "last.ckpt"))
     assert tested.returncode == 0, tested.stderr[-3000:]
-    test_run = [v for v in versions(tmp_path) if v != runs[0]][0]
+    test_run = runs[0] / "test"
+    assert versions(tmp_path) == runs, "testing a run's checkpoint writes inside that run"
     rows = list(csv.DictReader((test_run / "predictions.csv").open()))
     assert sorted(r["sample"] for r in rows) == sorted({r["sample"] for r in rows}) and len(rows) == 7
     assert not list(test_run.glob("predictions.rank*.csv"))
@@ -144,6 +146,9 @@ def test_default_root_dir_holds_the_whole_run(tmp_path):
           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"])
     run = next(root.glob("emotion/*/version_0"))
     assert {"config.yaml", "metrics.csv", "checkpoints", "figures"} <= {p.name for p in run.iterdir()}
+    logged = {int(row["step"]) for row in csv.DictReader((run / "metrics.csv").open()) if row.get("val/acc")}
+    drawn = {int(p.stem.rsplit("step", 1)[1]) for p in (run / "figures").glob("val_confusion_matrix_step*.png")}
+    assert drawn and drawn == logged, "a figure carries the step its metrics carry in metrics.csv"
     after = set((REPO / "runs").rglob("*")) if (REPO / "runs").exists() else set()
     assert after == before, "nothing may be written to the default runs/ folder"
 
@@ -248,7 +253,7 @@ def test_test_writes_pooled_predictions_with_sample_identities(tmp_path):
     run = versions(tmp_path)[0]
     main(["--task", "emotion", "test", "--config", str(run / "config.yaml"), "--ckpt_path",
           str(run / "checkpoints" / "last.ckpt"), "--run.wandb", "false"])
-    test_run = [v for v in versions(tmp_path) if v != run][0]
+    test_run = run / "test"
     rows = list(csv.DictReader((test_run / "predictions.csv").open()))
     data = EmotionDataModule(subjects=(2, 1, 1), per_subject=8, image_size=64, num_workers=0)
     data.setup("test")
@@ -263,6 +268,14 @@ def test_test_writes_pooled_predictions_with_sample_identities(tmp_path):
     for row in rows:
         probs = [float(row[f"p_{c}"]) for c in data.class_names]
         assert abs(sum(probs) - 1) < 1e-4 and row["pred"] == data.class_names[probs.index(max(probs))]
+    assert list((test_run / "figures").glob("test_confusion_matrix_*.png"))
+    # again, by the run's latest checkpoint: a second folder in the same run, the first one untouched
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        main(["--task", "emotion", "test", "--config", str(run / "config.yaml"), "--ckpt_path", "last",
+              "--run.wandb", "false"])
+    assert (run / "test-2" / "predictions.csv").is_file() and versions(tmp_path) == [run]
+    assert not [w for w in seen if "dirpath" in str(w.message)], "the checkpoint's own folder is kept"
 
 
 def test_wrapped_messages_come_out_as_the_sentence_that_names_the_fault():

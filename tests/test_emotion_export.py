@@ -51,8 +51,8 @@ def test_module_exports_probs_matching_pytorch(arch, model_kwargs, tmp_path):
     module = EmotionModule(class_names=CLASSES, image_size=224, arch=arch, model_kwargs=model_kwargs).eval()
     if arch == "dan":
         calibrate_batchnorm(module)
-    path, inputs = export_module(module, tmp_path / f"{arch}.onnx", samples=2)
-    report = verify(path, module.export_wrapper(), inputs, atol=1e-4, runs=1)
+    path, graphs = export_module(module, tmp_path / f"{arch}.onnx", samples=2)
+    report = verify(path, graphs.final, graphs.inputs, atol=1e-4, runs=1)
     assert report.max_abs_diff["probs"] <= 1e-4
 
     metadata = exported_metadata(path, "emotion")

@@ -31,16 +31,21 @@ def test_export_matches_pytorch_and_records_metadata(checkpoint, tmp_path, capsy
     assert "EmotionModule" in metadata["training_config"]
 
 
-def test_exported_graph_normalises_and_ends_in_softmax_with_dynamic_batch(checkpoint, tmp_path):
+def test_exported_graph_takes_the_contract_size_normalises_and_ends_in_softmax_with_dynamic_batch(checkpoint, tmp_path):
+    import cv2
+
     out = tmp_path / "emotion.onnx"
-    export_checkpoint(checkpoint, out)
+    report = export_checkpoint(checkpoint, out)
+    assert any("trained on 64 px" in note for note in report.notes)
     module = load_task_module(checkpoint)
-    images = torch.rand(3, 3, 64, 64)
-    probs = ort.InferenceSession(str(out)).run(["probs"], {"image": images.numpy()})[0]
+    images = np.random.default_rng(0).random((3, 224, 224, 3), dtype=np.float32)
+    probs = ort.InferenceSession(str(out)).run(["probs"], {"image": images.transpose(0, 3, 1, 2).copy()})[0]
     assert probs.shape == (3, 8)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    # the graph's shrink is OpenCV's area resize, as the data pipeline crops faces for training
+    small = np.stack([cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA) for image in images])
     with torch.no_grad():
-        expected = module(images).softmax(-1).numpy()
+        expected = module(torch.from_numpy(small).permute(0, 3, 1, 2)).softmax(-1).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
@@ -124,7 +129,10 @@ def test_metadata_says_how_to_crop_and_keeps_no_local_paths(checkpoint, tmp_path
     metadata = exported_metadata(out, "emotion")
     assert "softmax" in metadata["output_activation"] and "probabilities" in metadata["output_activation"]
     template = json.loads(metadata["align_template"])
-    assert len(template) == 5 and all(0 < v < 64 for point in template for v in point)
+    assert len(template) == 5 and all(0 < v < 224 for point in template for v in point)
+    assert json.loads(metadata["input_size"]) == [224, 224] and json.loads(metadata["model_input_size"]) == [64, 64]
+    trained = json.loads(load_task_module(checkpoint).export_metadata()["align_template"])
+    np.testing.assert_allclose(template, np.array(trained) * 224 / 64, atol=1e-3)
     assert template[0][0] < template[1][0], "left eye left of the right eye"
     assert "left eye" in metadata["landmark_scheme"] and "area" in metadata["resize_interpolation"]
     assert metadata["face_detector"].startswith("none")

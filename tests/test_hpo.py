@@ -60,6 +60,39 @@ def test_a_bad_space_names_the_file_and_parameter(tmp_path, text, message):
     assert message in str(error.value)
 
 
+def test_space_options_are_checked_against_the_recipe_before_any_fold(tmp_path, capsys):
+    space = write_space(tmp_path / "typo.yaml", "parameters:\n  model.hiden_size: {type: categorical, choices: [64, 128]}\n")
+    out = tmp_path / "study"
+    assert hpo_main(["--task", "microexp", "--config", str(CONFIG), "--space", str(space), "--trials", "1",
+                     "--out", str(out), "--folds", "0", "--wandb", "false", "--", *LIGHT,
+                     "--data.subjects", "[3, 1, 1]", "--data.per_subject", "3"]) == 2
+    err = capsys.readouterr().err
+    assert str(space) in err and "model.hiden_size" in err and "did you mean model.hidden_size?" in err
+    assert not list(out.glob("trial-*")), "no trial may start"
+
+
+def test_train_options_before_the_separator_are_sent_after_it(capsys):
+    from common.loso import main as loso_main
+
+    for command in (hpo_main, loso_main):
+        args = ["--task", "microexp", "--config", str(CONFIG), "--space", "s.yaml", "--trials", "1",
+                "--trainer.max_epochs", "3"]
+        with pytest.raises(SystemExit, match=r"--trainer.max_epochs is an option of train.py: put it after `--`"):
+            command(args if command is hpo_main else ["run", *args[:4], *args[-2:]])
+
+
+def test_a_failed_fold_reports_its_own_error_line():
+    from common.launch import error_line
+
+    stderr = ("train.py: error: Option 'model.hiden_size' is not accepted (in my.yaml)\n"
+              "(--help lists every option)\n")
+    assert error_line(stderr) == "Option 'model.hiden_size' is not accepted (in my.yaml)"
+    traceback = "Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: out of memory\n"
+    assert error_line(traceback) == "RuntimeError: out of memory"
+    assert error_line("error: /d/a.jpg: JPEG is truncated\n(set FACEX_DEBUG=1 to see the traceback)\n") == \
+        "/d/a.jpg: JPEG is truncated"
+
+
 def test_trial_values_become_arguments_train_py_reads_back():
     arguments = as_arguments({"model.lr": 0.0005, "model.hidden_size": 256, "model.freeze_backbone": True,
                               "model.arch": "cnn_lstm", "data.subjects": [3, 1, 1]})

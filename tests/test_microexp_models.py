@@ -9,7 +9,7 @@ import torch
 from common.export import export_module, verify
 from microexp.model import CNNLSTM, VideoMAE, load_videomae_checkpoint, sinusoid_positions
 from microexp.module import MicroExpModule
-from tests.conftest import exported_metadata
+from tests.conftest import exported_metadata, metadata_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = dict(arch="videomae_tiny", clip_length=4, image_size=32)
@@ -69,6 +69,36 @@ def test_official_checkpoints_load_with_their_q_and_v_biases(tmp_path, pretraini
     assert target.head.out_features == 7
 
 
+def test_a_fine_tuned_checkpoint_reproduces_its_own_logits(tmp_path, capsys):
+    import argparse
+
+    torch.manual_seed(2)
+    source = VideoMAE(3, **TINY, adapter_ratio=0).eval()
+    for p in source.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    # the official training script saves its argparse namespace beside the weights
+    torch.save({"model": source.state_dict(), "args": argparse.Namespace(nb_classes=3, lr=1e-3, input_size=32),
+                "epoch": 9}, tmp_path / "finetuned.pth")
+    target = VideoMAE(3, **TINY, adapter_ratio=0).eval()
+    report = load_videomae_checkpoint(target, tmp_path / "finetuned.pth")
+    assert "head.weight" in report.loaded
+    clips = torch.randn(2, 4, 3, 32, 32)
+    torch.testing.assert_close(target(clips), source(clips))
+    # another task's head (Kinetics-710 classes) is dropped with a notice, the encoder still loads
+    other = VideoMAE(5, **TINY, adapter_ratio=0)
+    report = load_videomae_checkpoint(other, tmp_path / "finetuned.pth")
+    assert {"head.weight", "head.bias"} <= set(report.dropped) and "blocks.0.attn.qkv.weight" in report.loaded
+
+
+def test_arbitrary_pickles_are_refused_with_the_reason(tmp_path):
+    import fractions
+
+    torch.save({"model": VideoMAE(3, **TINY).state_dict(), "meter": fractions.Fraction(1, 3)}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match=r"odd.pth: holds a pickled fractions.Fraction .*--model.allow_pickle true"):
+        load_videomae_checkpoint(VideoMAE(3, **TINY), tmp_path / "odd.pth")
+    assert load_videomae_checkpoint(VideoMAE(3, **TINY), tmp_path / "odd.pth", allow_pickle=True).ok
+
+
 def test_a_mismatched_checkpoint_names_the_keys(tmp_path):
     layout = official_layout(VideoMAE(3, **TINY), pretraining=False)
     del layout["module"]["blocks.1.attn.v_bias"]
@@ -124,12 +154,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_export_parity_through_the_module(tmp_path):
     torch.manual_seed(0)
     module = MicroExpModule(["negative", "positive", "surprise"], **TINY).eval()
-    path, inputs = export_module(module, tmp_path / "microexp.onnx", samples=2)
-    assert inputs[0].shape == (2, 4, 3, 32, 32)
-    report = verify(path, module.export_wrapper(), inputs, runs=1, logits_wrapper=module.export_wrapper(False))
+    path, graphs = export_module(module, tmp_path / "microexp.onnx", samples=2)
+    # the graph takes the contract's 224 px frames and shrinks them to the 32 px the model trained at
+    assert graphs.inputs[0].shape == (2, 4, 3, 224, 224) and graphs.model_size == (32, 32)
+    report = verify(path, graphs.final, graphs.inputs, runs=1, logits_wrapper=graphs.logits)
     assert report.max_abs_diff["probs"] <= 1e-4 and report.max_rel_diff["probs"] <= 1e-4
-    metadata = exported_metadata(path, "microexp")
+    metadata = metadata_of(path)  # 4-frame clips: a tiny test model, outside the 16-frame contract
     assert metadata["clip_length"] == "4" and metadata["input_layout"].startswith("NTCHW")
+    assert metadata["input_size"] == "[224, 224]" and metadata["model_input_size"] == "[32, 32]"
 
 
 def test_cnn_lstm_baseline():

@@ -12,7 +12,7 @@ from common.synth.formats.microexp import write_casme2, write_casme3, write_samm
 from tests.conftest import REPO
 
 CONFIGS = REPO / "configs" / "microexp"
-RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "synthetic")
+RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("synthetic", "quick"))  # quick: test_quickstart
 WRITERS = {"casme2": write_casme2, "samm": write_samm, "smic": write_smic, "casme3": write_casme3}
 SMALL = ["--data.image_size", "32", "--data.clip_length", "4", "--data.batch_size", "2", "--data.num_workers", "0",
          "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
@@ -67,7 +67,7 @@ def test_the_synthetic_default_runs_with_no_arguments_but_size(tmp_path):
     run = next(tmp_path.glob("microexp/*/version_0"))
     test = train_main(["--task", "microexp", "test", "--config", str(run / "config.yaml"), "--ckpt_path",
                        str(run / "checkpoints" / "last.ckpt")])
-    rows = (next(tmp_path.glob("microexp/*/version_1/predictions.csv"))).read_text().splitlines()
+    rows = (next(tmp_path.glob("microexp/*/version_0/test/predictions.csv"))).read_text().splitlines()
     assert rows[0].startswith("dataset,subject,sample,label,pred,p_negative") and len(rows) == 1 + 3
     assert all(line.split(",")[1] == "synthetic/3" for line in rows[1:])
     assert test.trainer.callback_metrics["test/acc"] >= 0
@@ -84,7 +84,7 @@ def test_one_head_per_dataset_end_to_end(trees, tmp_path):
     run = next(tmp_path.glob("microexp/*/version_0"))
     train_main(["--task", "microexp", "test", "--config", str(run / "config.yaml"), "--ckpt_path",
                 str(run / "checkpoints" / "last.ckpt")])
-    rows = list(csv.DictReader(open(next(tmp_path.glob("microexp/*/version_1/predictions.csv")))))
+    rows = list(csv.DictReader(open(next(tmp_path.glob("microexp/*/version_0/test/predictions.csv")))))
     assert rows
     for row in rows:
         own = [c for c in row if c.startswith(f"p_{row['dataset']}:")]

@@ -32,6 +32,10 @@ def test_check_accepts_each_task_and_describes_it(tmp_path, capsys):
         assert info["task"] == task and info["labels"] and info["preprocessing"]
         assert info["inputs"][0]["shape"][0] == "N"
     assert "clip: 16 frames" in " ".join(info["preprocessing"])
+    spotter = tiny_onnx.spotting(tmp_path / "spotting.onnx")
+    assert check_main([str(spotter), "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["preprocessing"]
+    assert "crop and resize to 128 x 128 px" in " ".join(steps) and '"T"' not in " ".join(steps)
 
 
 def sigmoid_for_softmax(node):

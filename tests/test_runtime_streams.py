@@ -118,6 +118,62 @@ def test_command_line_writes_every_frame(models, video, tmp_path):
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 120
 
 
+def test_a_refused_model_is_named_and_the_others_are_served(models, video, tmp_path, capsys):
+    import shutil
+
+    from runtime.__main__ import main
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(models / "emotion.onnx", folder / "emotion.onnx")
+    (folder / "au.onnx").write_bytes((models / "au.onnx").read_bytes()[:300])  # cut short
+    path = short_video(tmp_path / "clip.mp4", video[1][:10], blank=())
+    out = tmp_path / "results.csv"
+    args = [str(path), "--models", str(folder), "--out", str(out), "--detector", "none"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "runtime: not serving au.onnx:" in err and "Traceback" not in err
+    header = out.read_text().splitlines()[0].split(",")
+    assert "p_happiness" in header and not any(c.startswith("AU01") for c in header)
+    assert main([*args, "--strict"]) == 2
+    assert "au.onnx" in capsys.readouterr().err
+    (folder / "emotion.onnx").write_bytes(b"not a model")
+    assert main(args) == 2
+    assert "no model can be served" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_rows_written_and_says_so_in_one_line(models, video, tmp_path, capsys, monkeypatch):
+    from runtime import pipeline
+    from runtime.__main__ import INTERRUPTED, main
+
+    original = pipeline.Pipeline.frame
+
+    def frame(self, rgb, number):
+        if number == 7:
+            raise KeyboardInterrupt
+        return original(self, rgb, number)
+
+    monkeypatch.setattr(pipeline.Pipeline, "frame", frame)
+    path = short_video(tmp_path / "clip.mp4", video[1][:20], blank=())
+    out = tmp_path / "results.csv"
+    assert main([str(path), "--models", str(models), "--out", str(out), "--detector", "none"]) == INTERRUPTED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("runtime: interrupted after 7 frames") and str(out) in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert len(out.read_text().splitlines()) == 1 + 7
+
+
+def test_progress_is_plain_lines_in_a_log(capsys):
+    from runtime.__main__ import Progress
+
+    meter = Progress(total=50, every=0.0)  # stderr is captured here: not a terminal
+    for frames in (10, 20):
+        meter.update(frames)
+    meter.close(20)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" frames")[0] for line in lines] == ["10/50", "20/50", "20"] and "\r" not in "".join(lines)
+
+
 def test_golden_vectors_are_reproduced_by_a_reader(models, video, tmp_path):
     from runtime.vectors import check_vectors, main
 

@@ -53,11 +53,28 @@ def test_submission_files_score_as_logged(trained, capsys):
         assert scores["micro"]["f1"] == pytest.approx(trained["results"][f"{prefix}f1_micro"], abs=1e-6)
 
 
+def test_a_video_file_is_spotted_from_a_notebook(trained, tmp_path):
+    import cv2
+
+    from common.synth import long_video
+    from spotting.evaluate import Spot, megc_scores
+
+    video = long_video(40, 1, fps=30.0, seconds=20.0, size=128)
+    path = tmp_path / "held_out.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (128, 128))
+    for frame in video.frames():
+        writer.write(frame[:, :, ::-1])
+    writer.release()
+    found = trained["model"].spot_video(path, detector="none")
+    assert found and all(i.onset <= i.apex <= i.offset < video.n_frames and i.type in ("macro", "micro") for i in found)
+    truth = [Spot("v", e.onset, e.offset, e.kind) for e in video.events]
+    assert megc_scores(truth, [Spot("v", i.onset, i.offset, i.type) for i in found])["overall"]["recall"] > 0
+
+
 def test_export_runs_at_two_lengths(trained, tmp_path):
-    import onnx
     import onnxruntime as ort
 
-    from common.contract import check_model
+    from common.contract import check_file
     from common.export import export_checkpoint
 
     trainer, model = trained["trainer"], trained["model"]
@@ -65,7 +82,7 @@ def test_export_runs_at_two_lengths(trained, tmp_path):
     trainer.save_checkpoint(checkpoint)
     report = export_checkpoint(checkpoint, tmp_path / "spotter.onnx")
     assert report.task == "spotting" and report.max_abs_diff["scores"] < 1e-4
-    metadata = check_model(onnx.load(str(tmp_path / "spotter.onnx")), model.contract)
+    metadata = check_file(tmp_path / "spotter.onnx").metadata
     settings = json.loads(metadata["feature_settings"])
     assert settings["method"] == "dis" and settings["k"] is None and len(settings["regions"]) == 12
     assert json.loads(metadata["thresholds"]) == pytest.approx(dict(zip(("macro", "micro"), model.thresholds.tolist())))

@@ -331,7 +331,41 @@ def test_cli_writes_clips(tmp_path):
     assert 0 < int(row["onset"]) < int(row["apex"]) < int(row["offset"]) < 7
 
 
+def test_cli_defaults_write_ten_identities(tmp_path):
+    assert synth_main(["--task", "emotion", "--out", str(tmp_path), "--size", "24"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "labels.csv")))
+    assert {r["subject"] for r in rows} == {str(s) for s in range(10)} and len(rows) == 100
+
+
+def test_cli_writes_a_video_with_its_ground_truth(tmp_path):
+    import cv2
+
+    from common.synth import long_video
+    from spotting.evaluate import read_spots
+
+    path = tmp_path / "clip.mp4"
+    assert synth_main(["--video", str(path), "--seconds", "6", "--size", "64", "--subject", "3"]) == 0
+    assert int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT)) == 180
+    truth = read_spots(tmp_path / "clip_ground_truth.csv")  # the submission format spotting.evaluate reads
+    planted = long_video(3, 0, fps=30.0, seconds=6, size=64).events
+    assert [(s.video, s.onset, s.offset, s.label) for s in truth] == [("clip", e.onset, e.offset, e.kind) for e in planted]
+    assert truth, "six seconds hold at least one planted expression"
+
+
+@pytest.mark.parametrize("name", ["casme2", "casme3", "disfa", "rafdb", "fer2013", "samm_lv"])
+def test_cli_writes_a_tree_its_loader_reads(tmp_path, name, capsys):
+    from common.data import load_samples
+    from common.synth.__main__ import FORMATS
+
+    assert synth_main(["--format", name, "--out", str(tmp_path)]) == 0
+    task = FORMATS[name][0]
+    assert load_samples(name, tmp_path, task=task)
+    assert f"common.inspect --task {task} --dataset {name} --root {tmp_path}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args", [
+    ["--task", "emotion", "--subjects", "0", "--per-subject", "2"],
+    ["--task", "emotion", "--format", "rafdb", "--out", "x"],
     ["--task", "emotion", "--out", "x", "--subjects", "3-1", "--per-subject", "2"],
     ["--task", "emotion", "--out", "x", "--subjects", "a", "--per-subject", "2"],
     ["--task", "emotion", "--out", "x", "--subjects", "0", "--per-subject", "0"],

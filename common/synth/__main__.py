@@ -1,13 +1,20 @@
-"""Write synthetic samples to disk.
+"""Write synthetic samples, a synthetic video, or a tiny tree in a real dataset's format to disk.
 
-    python -m common.synth --task emotion --out DIR --subjects 0-9 --per-subject 20 [--size 224 --seed 0]
+    python -m common.synth --task emotion --out DIR [--subjects 0-9 --per-subject 10 --size 224 --seed 0]
     python -m common.synth --task au --out DIR --subjects 0-4 --per-subject 50
     python -m common.synth --task clip --out DIR --subjects 0-4 --per-subject 4 --kind micro --fps 200
+    python -m common.synth --video OUT.mp4 [--seconds 20 --fps 30 --size 256 --subject 0 --seed 0]
+    python -m common.synth --format casme2 --out DIR [--seed 0]
 
 emotion: DIR/<subject>/<index>.png + labels.csv (path,subject,label,emotion)
 au:      DIR/<subject>/<index>.png + labels.csv (path,subject,AU1,...,AU45; activation 0..1, *5 = FACS)
 clip:    DIR/<subject>/<index>/<frame>.png + labels.csv (path,subject,emotion_label,emotion,kind,fps,
          n_frames,onset,apex,offset,aus)
+--video: a long video of one synthetic face filling the frame, with micro- and macro-expressions among blinks
+         and head drift, and beside it OUT_ground_truth.csv (vid,onset,offset,type,apex,emotion, frames counted
+         from 0 as the runtime counts them: the MEGC submission format `spotting.evaluate` reads)
+--format: a small tree laid out and annotated as the real dataset is (FORMATS), synthetic faces for pixels,
+         for trying a loader, `common.inspect` or a recipe before the licensed data arrives
 """
 
 from __future__ import annotations
@@ -63,18 +70,43 @@ def _positive_float(text: str) -> float:
     return v
 
 
+# --format name -> (task, writer in common.synth.formats, keyword arguments)
+FORMATS = {
+    "casme2": ("microexp", "microexp:write_casme2", {"subjects": 3, "per_subject": 3}),
+    "samm": ("microexp", "microexp:write_samm", {"subjects": 3, "per_subject": 3}),
+    "smic": ("microexp", "microexp:write_smic", {"subjects": 3, "per_subject": 3}),
+    "casme3": ("microexp", "microexp:write_casme3", {"subjects": 3, "per_subject": 4}),
+    "bp4d": ("au", "au:write_bp4d", {}),
+    "disfa": ("au", "au:write_disfa", {}),
+    "rafdb": ("emotion", "emotion:write_rafdb", {}),
+    "affectnet": ("emotion", "emotion:write_affectnet", {}),
+    "affectnet_npy": ("emotion", "emotion:write_affectnet_npy", {}),
+    "fer2013": ("emotion", "emotion:write_fer2013", {}),
+    "ferplus": ("emotion", "emotion:write_ferplus", {}),
+    "casme_sq": ("spotting", "spotting:write_casme2_lv", {"subjects": 2}),
+    "samm_lv": ("spotting", "spotting:write_samm_lv", {"subjects": 2}),
+    "casme3_lv": ("spotting", "spotting:write_casme3_lv", {"subjects": 2}),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.synth", description="Write synthetic FACS face samples.")
-    p.add_argument("--task", required=True, choices=("emotion", "au", "clip"))
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--subjects", required=True, type=parse_subjects, help="e.g. 0-9 or 0,2,5-7")
-    p.add_argument("--per-subject", required=True, type=_positive_int)
-    p.add_argument("--size", type=_positive_int, default=224)
+    p = argparse.ArgumentParser(prog="python -m common.synth", description="Write synthetic FACS face samples, a "
+                                "synthetic video with its ground truth, or a tree in a real dataset's format.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", choices=("emotion", "au", "clip"), help="samples of one kind")
+    what.add_argument("--video", type=Path, help="a long video (.mp4 or .avi) with planted expressions")
+    what.add_argument("--format", choices=sorted(FORMATS), help="a tiny tree in this dataset's on-disk format")
+    p.add_argument("--out", type=Path, help="output folder (created); --task and --format")
+    p.add_argument("--subjects", type=parse_subjects, default=parse_subjects("0-9"), help="e.g. 0-9 (default) or 0,2,5-7")
+    p.add_argument("--per-subject", type=_positive_int, default=10, help="samples per subject (default 10)")
+    p.add_argument("--size", type=_positive_int, default=None, help="frame side (default 224; --video 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-classes", type=int, choices=(7, 8), default=7, help="emotion: 7 drops contempt")
     p.add_argument("--kind", choices=KINDS, default="micro", help="clip: micro or macro expression")
     p.add_argument("--fps", type=_positive_float, default=200.0, help="clip: frame rate")
     p.add_argument("--n-frames", type=_positive_int, default=None, help="clip: fixed clip length")
+    p.add_argument("--seconds", type=_positive_float, default=20.0, help="--video: length (default 20 s)")
+    p.add_argument("--subject", type=int, default=0, help="--video: which synthetic identity")
     return p
 
 
@@ -85,14 +117,21 @@ def _save_png(path: Path, rgb) -> None:
 
 
 class _Progress:
+    """A live counter on a terminal; a plain line every tenth of the way in a log."""
+
     def __init__(self, total: int, label: str):
         self.total, self.label, self.done = total, label, 0
+        self.live = sys.stderr.isatty()
 
     def step(self) -> None:
         self.done += 1
-        if self.done == self.total or self.done % max(1, self.total // 100) == 0:
-            end = "\n" if self.done == self.total else ""
-            print(f"\r{self.label}: {self.done}/{self.total}", end=end, file=sys.stderr, flush=True)
+        every = max(1, self.total // (100 if self.live else 10))
+        if self.done == self.total or self.done % every == 0:
+            text = f"{self.label}: {self.done}/{self.total}"
+            if self.live:
+                print(f"\r{text}", end="\n" if self.done == self.total else "", file=sys.stderr, flush=True)
+            else:
+                print(text, file=sys.stderr, flush=True)
 
 
 def _sample_seed(seed: int, subject: int, k: int) -> int:
@@ -155,9 +194,58 @@ def _write_csv(path: Path, header, rows) -> None:
         writer.writerows(rows)
 
 
+def write_video(args) -> int:
+    """The video and its ground truth; the fps given is the video's (default 30 unless --fps says otherwise)."""
+    from .samples import long_video
+
+    fps = args.fps if args.fps_given else 30.0
+    video = long_video(args.subject, args.seed, fps=fps, seconds=args.seconds, size=args.size or 256)
+    path = args.video
+    path.parent.mkdir(parents=True, exist_ok=True)
+    codec = "MJPG" if path.suffix.lower() == ".avi" else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (video.size, video.size))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write this video (use .mp4 or .avi)")
+    progress = _Progress(video.n_frames, "frames")
+    for i in range(video.n_frames):
+        writer.write(cv2.cvtColor(video.frame(i), cv2.COLOR_RGB2BGR))
+        progress.step()
+    writer.release()
+    truth = path.with_name(path.stem + "_ground_truth.csv")
+    _write_csv(truth, ("vid", "onset", "offset", "type", "apex", "emotion"),
+               [(path.stem, e.onset, e.offset, "me" if e.kind == "micro" else "mae", e.apex, EMOTIONS[e.emotion])
+                for e in video.events])
+    print(f"wrote {path} ({video.n_frames} frames at {fps:g} fps, {len(video.events)} expressions) and {truth}; "
+          f"try: python -m runtime {path} --models DIR --out results.csv --detector none", file=sys.stderr)
+    return video.n_frames
+
+
+def write_format(args) -> int:
+    """A tree in a real dataset's format; prints the command that inspects it."""
+    import importlib
+
+    task, writer, options = FORMATS[args.format]
+    module, _, function = writer.partition(":")
+    written = getattr(importlib.import_module(f"common.synth.formats.{module}"), function)(args.out, seed=args.seed,
+                                                                                           **options)
+    print(f"wrote a {args.format} tree with {len(written.records)} samples to {args.out}; try: python -m "
+          f"common.inspect --task {task} --dataset {args.format} --root {args.out}", file=sys.stderr)
+    return len(written.records)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.fps_given = any(a == "--fps" or a.startswith("--fps=") for a in argv)
+    if args.video is not None:
+        return 0 if write_video(args) else 1
+    if args.out is None:
+        parser.error(f"--{'format' if args.format else 'task'} needs --out DIR")
+    if args.format:
+        write_format(args)
+        return 0
+    args.size = args.size or 224
     if args.task == "clip" and args.kind == "macro" and args.n_frames is not None:
         needed = int(args.fps * 0.5 + 0.999999) + 2
         if args.n_frames < needed:
