@@ -2,6 +2,8 @@
 for the application's port, stage by stage; `python -m runtime.vectors --check DIR` re-runs them.
 
 For each model, from the first --frames frames of the video:
+    <task>/model.json      the model's inputs and outputs (names, shapes, element types) and metadata strings, for a
+                           port that checks the contract and reads its settings without loading the ONNX file
     <task>/frame.npy       the raw RGB frame uint8 [H, W, 3] (the first frame with a face)
     <task>/points.npy      the five landmarks found in it (float64 [5, 2]; absent with --detector none)
     <task>/matrix.npy      the 2x3 similarity transform, source pixels -> crop pixels
@@ -9,11 +11,15 @@ For each model, from the first --frames frames of the video:
     <task>/input.npy       the exact input tensor float32 (NCHW, or NTCHW for a clip, [1, T, D] for spotting)
     <task>/<output>.npy    each expected output
     au/columns.json        the decoded OpenFace columns of the AU outputs
+    microexp/pushed_numbers.npy the frame numbers pushed into the clip buffer until it gave the clip
     microexp/clip_numbers.npy   the frame numbers the clip buffer chose for the clip in input.npy, and the buffer's
                            settings in the index
+    microexp/clip_crops.npy     the aligned faces of those frames uint8 [T, S, S, 3]
+    spotting/faces.npy     the aligned grey faces of the frame sequence uint8 [T, S, S], numbers.npy their frame numbers
     spotting/intervals.json     the intervals spotted on the frame sequence (frame numbers, type, apex, score)
-index.json lists every file with its shape, dtype and the tolerance a port must meet (absolute; 0 for uint8
-stages, which must match exactly where the same resize code is used, 2 grey levels otherwise).
+index.json lists every file with its shape, dtype and the tolerance a port must meet (absolute; uint8 crops within
+2 grey levels, as OpenCV releases may round a bilinear sample differently), and the OpenCV release that wrote them:
+spotting features from DIS flow carry a second, wider tolerance for a port on another OpenCV release.
 """
 from __future__ import annotations
 
@@ -31,6 +37,9 @@ from runtime.pipeline import FaceFinder, find_models, input_side, margin_of, to_
 from runtime.stream import ClipBuffer, StreamingSpotter
 
 TOLERANCE = {"uint8": 2.0, "input": 1e-6, "output": 1e-4, "points": 1e-3, "matrix": 1e-6}
+# Spotting features from OpenCV's DIS flow: (the same OpenCV release, another release). DIS changed between
+# releases (4.6 against 4.14: up to 0.07 px of flow, 3e-3 in features); Farneback did not.
+DIS_TOLERANCE = (1e-4, 5e-3)
 
 
 def read_frames(video: Path, count: int) -> tuple[list[np.ndarray], float]:
@@ -54,13 +63,13 @@ class Writer:
     def __init__(self, out: Path):
         self.out, self.entries = out, []
 
-    def save(self, task: str, name: str, value: np.ndarray, tolerance: float, note: str = "") -> None:
+    def save(self, task: str, name: str, value: np.ndarray, tolerance: float, note: str = "", **more) -> None:
         path = self.out / task / f"{name}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, value)
         self.entries.append({"task": task, "stage": name, "file": str(path.relative_to(self.out)),
                              "shape": list(value.shape), "dtype": str(value.dtype), "tolerance": tolerance,
-                             "note": note})
+                             "note": note, **more})
 
     def json(self, task: str, name: str, value, note: str = "") -> None:
         path = self.out / task / f"{name}.json"
@@ -81,6 +90,8 @@ def write_vectors(models_dir: Path, video: Path, out: Path, frames: int = 48, de
     number, image, points = usable[0]
     for task, model in models.items():
         size, margin = input_side(model), margin_of(model)
+        writer.json(task, "model", {"path": model.path.name, "inputs": model.info.inputs,
+                                    "outputs": model.info.outputs, "metadata": model.metadata})
         writer.save(task, "frame", image, 0.0, f"frame {number} of the video, RGB")
         if points is not None:
             from common.data.align import alignment_matrix
@@ -102,8 +113,9 @@ def write_vectors(models_dir: Path, video: Path, out: Path, frames: int = 48, de
                 writer.json(task, "columns", {k: v[0].item() for k, v in columns.items()}, "OpenFace order: _r, _c, _p")
         elif task == "microexp":
             buffer = ClipBuffer.for_model(model.metadata, fps)
-            clip, chosen = None, None
+            clip, chosen, pushed = None, None, []
             for n, image_n, points_n in usable:
+                pushed.append(n)
                 emitted = buffer.push(finder.crop(image_n, points_n, size, margin), n)
                 if emitted is not None:
                     clip, chosen = emitted, buffer.sample_numbers()  # the buffer is unchanged since the clip
@@ -111,22 +123,32 @@ def write_vectors(models_dir: Path, video: Path, out: Path, frames: int = 48, de
             if clip is None:
                 clip, chosen = buffer.flush(), buffer.sample_numbers()
             x = np.stack([to_input(f) for f in clip])[None]
-            writer.save(task, "clip_numbers", np.asarray(chosen, np.int64), 0.0,
-                        f"ClipBuffer(length={buffer.length}, span={buffer.span}, camera_fps={fps}, stride={buffer.stride})")
+            settings = {"length": buffer.length, "span": buffer.span, "camera_fps": fps, "stride": buffer.stride}
+            writer.save(task, "pushed_numbers", np.asarray(pushed, np.int64), 0.0, "frames pushed, in order")
+            writer.save(task, "clip_numbers", np.asarray(chosen, np.int64), 0.0, json.dumps(settings))
+            writer.save(task, "clip_crops", np.stack(clip), TOLERANCE["uint8"], "the clip's aligned faces")
             writer.save(task, "input", x, TOLERANCE["input"], "float32 NTCHW RGB in [0, 1]")
             for name, value in model.predict(x).items():
                 writer.save(task, name, value, TOLERANCE["output"])
         elif task == "spotting":
             spotter = StreamingSpotter(lambda f: model.predict(f)["scores"], model.metadata, fps)
-            intervals = []
+            intervals, faces, numbers = [], [], []
             for n, image_n, points_n in usable:
-                intervals += spotter.push(cv2.cvtColor(finder.crop(image_n, points_n, size, margin), cv2.COLOR_RGB2GRAY), n)
+                faces.append(cv2.cvtColor(finder.crop(image_n, points_n, size, margin), cv2.COLOR_RGB2GRAY))
+                numbers.append(n)
+                intervals += spotter.push(faces[-1], n)
             intervals += spotter.flush()
+            writer.save(task, "faces", np.stack(faces), TOLERANCE["uint8"], "aligned grey faces pushed, in order")
+            writer.save(task, "numbers", np.asarray(numbers, np.int64), 0.0, "their frame numbers")
             x = spotter.features[None]
-            writer.save(task, "input", x, 1e-4, "features [1, T, D] of the frame sequence")
+            dis = spotter.features_settings.method == "dis"
+            writer.save(task, "input", x, DIS_TOLERANCE[0], "features [1, T, D] of the frame sequence" +
+                        ("; DIS flow differs between OpenCV releases, hence the wider tolerance for another release"
+                         if dis else ""), tolerance_other_opencv=DIS_TOLERANCE[1] if dis else DIS_TOLERANCE[0])
             writer.save(task, "scores", model.predict(x)["scores"], TOLERANCE["output"])
             writer.json(task, "intervals", [vars(i) for i in intervals], "spotting.postprocess on the scores")
     index = {"video": str(video), "fps": fps, "first_face_frame": number, "detector": finder.spec,
+             "opencv": cv2.__version__,
              "models": {task: model.path.name for task, model in models.items()}, "entries": writer.entries}
     (Path(out) / "index.json").write_text(json.dumps(index, indent=2))
     return Path(out) / "index.json"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -104,10 +105,15 @@ class FeatureSettings:
         return AlignSettings(size=self.size, margin=self.margin, mode="median", detector=self.detector)
 
 
+def inter_ocular(points: np.ndarray) -> float:
+    """The template's eye distance, by libm's hypot: a port computes the same value to the last bit."""
+    return math.hypot(*(points[1] - points[0]))
+
+
 def region_boxes(settings: FeatureSettings) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) of each region in the aligned face, clipped to it."""
     points = template(settings.size, settings.margin)
-    iod = float(np.linalg.norm(points[1] - points[0]))
+    iod = inter_ocular(points)
     boxes = []
     for name in settings.regions:
         weights, (dx, dy), (hw, hh) = REGIONS[name]
@@ -128,7 +134,7 @@ class FlowFeatures:
         self.settings = settings
         self.boxes = region_boxes(settings)
         points = template(settings.size, settings.margin)
-        self.iod = float(np.linalg.norm(points[1] - points[0]))
+        self.iod = inter_ocular(points)
         self._dis = None
         # every region's pixels as one flat index, and which region each belongs to: pooling is then a few
         # vectorised operations per frame instead of a loop over regions
@@ -154,7 +160,9 @@ class FlowFeatures:
         regions = len(self._counts)
         dx = np.bincount(self._owner, relative[:, 0], regions) / self._counts
         dy = np.bincount(self._owner, relative[:, 1], regions) / self._counts
-        magnitude = np.bincount(self._owner, np.hypot(relative[:, 0], relative[:, 1]), regions) / self._counts
+        # sqrt of the sum of squares, not np.hypot (NumPy's own): a port reproduces this to the last bit
+        length = np.sqrt(relative[:, 0] * relative[:, 0] + relative[:, 1] * relative[:, 1])
+        magnitude = np.bincount(self._owner, length, regions) / self._counts
         out = np.concatenate([np.stack([dx, dy, magnitude], 1).ravel(), reference])
         return (out / self.iod).astype(np.float32)
 

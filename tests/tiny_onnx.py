@@ -95,9 +95,9 @@ def au(path, seed: int = 0) -> Path:
                                             output_activation="sigmoid"))
 
 
-def spotting(path, seed: int = 0, head_scale: float = 20.0, threshold: float = 0.7) -> Path:
+def spotting(path, seed: int = 0, head_scale: float = 20.0, threshold: float = 0.7, method: str = "dis") -> Path:
     """The project's temporal spotter, untrained but with a sharpened head so that its scores have peaks, exported
-    through common.export (receptive radius 66: streaming has to window it)."""
+    through common.export (receptive radius 66: streaming has to window it); `method` is its optical flow."""
     import torch
 
     from common.export import export_module
@@ -105,7 +105,7 @@ def spotting(path, seed: int = 0, head_scale: float = 20.0, threshold: float = 0
     from spotting.module import SpottingModule
 
     torch.manual_seed(seed)
-    module = SpottingModule(features=FeatureSettings(detector="none").to_dict()).eval()
+    module = SpottingModule(features=FeatureSettings(detector="none", method=method).to_dict()).eval()
     with torch.no_grad():
         module.net.head.weight.mul_(head_scale)
         module.net.feature_std.fill_(0.003)

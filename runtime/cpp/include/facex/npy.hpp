@@ -1,0 +1,25 @@
+// NumPy .npy files (format 1.0-3.0, little-endian, C order): the golden vectors and the test cases are written
+// by Python with numpy.save.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace facex {
+
+struct NpyArray {
+    std::vector<std::size_t> shape;
+    char kind = 'f';      // 'f' float, 'i' signed, 'u' unsigned, 'b' bool
+    int itemsize = 4;
+    std::vector<unsigned char> bytes;
+
+    std::size_t count() const;
+    std::vector<double> values() const;  // every element, converted
+    std::string describe() const;        // "float32 [1, 3, 224, 224]"
+};
+
+NpyArray read_npy(const std::string& path);  // throws std::runtime_error naming the file
+void write_npy(const std::string& path, const std::vector<float>& values, const std::vector<std::size_t>& shape);
+
+}  // namespace facex
