@@ -224,6 +224,30 @@ def au_case() -> dict:
             "columns": [[name, float(value[0])] for name, value in columns.items()]}
 
 
+def write_face_cases(folder: Path) -> None:
+    """dlib's five points on a real photograph (skimage's astronaut, rolled 15 degrees) and on synthetic faces,
+    as common.data.align finds them, with the landmark model file the C++ side must load."""
+    from common.data.align import DlibDetector, dlib_available, dlib_model_file
+
+    if not dlib_available():
+        return
+    from skimage import data
+
+    detector = DlibDetector()
+    photo = cv2.resize(data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
+    rolled = cv2.warpAffine(photo, cv2.getRotationMatrix2D((256, 256), 15, 1.0), (512, 512),
+                            borderMode=cv2.BORDER_REPLICATE)
+    from common.synth import emotion_sample
+
+    images = {"astronaut": rolled, "synthetic": emotion_sample(subject=3, label=1, seed=3, size=224)[0]}
+    for name, image in images.items():
+        case = folder / "faces" / name
+        case.mkdir(parents=True, exist_ok=True)
+        np.save(case / "image.npy", np.ascontiguousarray(image))
+        np.save(case / "points.npy", detector(image))
+    write_json(folder / "faces" / "model.json", {"landmarks": str(dlib_model_file("shape_predictor_68_face_landmarks.dat"))})
+
+
 def contract_tables() -> dict:
     from common.contract import METADATA_KEYS
     from common.tasks import TASKS
@@ -258,6 +282,7 @@ def cases(tmp_path_factory, models):
     write_json(folder / "postprocess.json", postprocess_cases())
     write_streaming_cases(folder, models / "extra")
     write_json(folder / "au.json", au_case())
+    write_face_cases(folder)
     write_json(folder / "contracts.json", contract_tables())
     return folder
 

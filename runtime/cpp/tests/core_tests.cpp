@@ -15,6 +15,7 @@
 #include "facex/align.hpp"
 #include "facex/au.hpp"
 #include "facex/clip_buffer.hpp"
+#include "facex/faces.hpp"
 #include "facex/json.hpp"
 #include "facex/metadata.hpp"
 #include "facex/npy.hpp"
@@ -253,6 +254,27 @@ void au_cases(const fs::path& folder) {
     check(same, "AU columns in OpenFace's order");
 }
 
+void face_cases(const fs::path& folder) {
+    if (!fs::exists(folder / "faces")) return;  // Python had no dlib
+    if (!facex::dlib_available()) {
+        std::printf("facex_core built without dlib: the face-finding cases are not run\n");
+        return;
+    }
+    Json model = Json::parse(read_text(folder / "faces" / "model.json"));
+    facex::FaceFinder finder("dlib", model["landmarks"].string());
+    for (const auto& entry : fs::directory_iterator(folder / "faces")) {
+        if (!entry.is_directory()) continue;
+        const fs::path& c = entry.path();
+        cv::Mat image = image_of(facex::read_npy((c / "image.npy").string()));
+        cv::Mat points = finder.points(image);
+        cv::Mat expected = doubles(facex::read_npy((c / "points.npy").string()), 5, 2);
+        // dlib releases (Debian's 19.24, the wheel's 20.0) may place a landmark one pixel apart
+        check(!points.empty() && worst(points, expected) <= 1.0,
+              c.filename().string() + ": dlib's five points within a pixel of Python's" +
+                  (points.empty() ? " (no face found)" : " (max difference " + std::to_string(worst(points, expected)) + ")"));
+    }
+}
+
 void contract_cases(const fs::path& folder) {
     Json python = Json::parse(read_text(folder / "contracts.json"));
     Json ours = Json::parse(facex::contracts_json());
@@ -291,6 +313,7 @@ int main() {
         postprocess_cases(folder);
         streaming_cases(folder);
         au_cases(folder);
+        face_cases(folder);
         contract_cases(folder);
     } else {
         std::printf("FACEX_CASES not set: only the self-contained checks ran\n");
