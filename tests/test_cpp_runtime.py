@@ -356,6 +356,20 @@ def test_conformance_fails_where_a_stage_differs(cpp_build, vectors, tmp_path):
     assert [line for line in result.stdout.splitlines() if line.endswith("FAILED")][0].split()[:2] == ["au", "crop"]
 
 
+def test_a_model_without_an_align_template_is_served(cpp_build, vectors, tmp_path):
+    """The crop is the template of the model's size and margin; the template in the metadata is informational and
+    absent where a model was exported without a data module's preprocessing record."""
+    copy = tmp_path / "v"
+    shutil.copytree(vectors, copy)
+    model = json.loads((copy / "au" / "model.json").read_text())
+    model["metadata"].update(align_template="", align_margin="")
+    (copy / "au" / "model.json").write_text(json.dumps(model))
+    result = conform(cpp_build, copy)
+    # read without an error; with margin 0 now, the alignment (and only it) differs from the stored one
+    assert result.returncode == 1 and not result.stderr
+    assert [line.split()[:2] for line in result.stdout.splitlines() if line.endswith("FAILED")] == [["au", "matrix"]]
+
+
 def test_contract_tables_equal_pythons(cpp_build):
     result = subprocess.run([str(cpp_build / "facex_conform"), "--contracts"], capture_output=True, text=True)
     ours = json.loads(result.stdout)

@@ -207,11 +207,14 @@ FaceSettings face_settings(const ModelInfo& info) {
     }
     Json size = parsed(info, "input_size");
     s.size = static_cast<int>(size.is_array() ? size[size.size() - 1].number() : size.number());
-    std::string margin = value_of(info, "align_margin", "0");
-    s.margin = std::stod(margin);
-    Json points = parsed(info, "align_template");
-    if (points.is_array())
-        for (const Json& p : points.array()) s.align_template.push_back(p.numbers());
+    s.margin = std::stod(value_of(info, "align_margin", "0"));
+    // informational (the crop is the template for `size` and `margin`); absent where a model was exported without
+    // a data module's preprocessing record
+    if (!value_of(info, "align_template").empty()) {
+        Json points = parsed(info, "align_template");
+        if (points.is_array())
+            for (const Json& p : points.array()) s.align_template.push_back(p.numbers());
+    }
     s.face_detector = value_of(info, "face_detector");
     return s;
 }
