@@ -172,13 +172,97 @@ def export_graphs(module, samples: int = 4) -> Graphs:
     return Graphs(ShrinkInput(final, wanted, size).eval(), ShrinkInput(logits, wanted, size).eval(), grown, size)
 
 
-def export_module(module, output: str | Path, opset: int = 18, samples: int = 4) -> tuple[Path, Graphs]:
+# ---------------------------------------------------------------- attention as one node
+
+_SDPA = F.scaled_dot_product_attention
+_ATTENTION_DOMAIN = "facex.export"
+
+
+class _Attention(torch.autograd.Function):
+    """Scaled dot-product attention that exports as one node, which becomes ONNX Runtime's MultiHeadAttention
+    (com.microsoft, run by its CPU and CUDA providers): one kernel where the plain export has MatMul, Softmax and
+    MatMul materialising every attention matrix."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, heads: int, head_size: int, scale):
+        return _SDPA(q, k, v, attn_mask=bias, scale=scale)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, heads: int, head_size: int, scale):
+        # MultiHeadAttention takes the query as [B, S, N*H] and keys and values as [B, N, L, H]
+        query = g.op("Reshape", g.op("Transpose", q, perm_i=[0, 2, 1, 3]), g.op("Constant", value_t=torch.tensor([0, 0, -1])))
+        inputs = [query, k, v] + ([] if bias is None else [bias])
+        attributes = {"num_heads_i": heads, **({} if scale is None else {"scale_f": float(scale)})}
+        out = g.op(f"{_ATTENTION_DOMAIN}::Attention", *inputs, **attributes)
+        out = g.op("Reshape", out, g.op("Constant", value_t=torch.tensor([0, 0, heads, head_size])))
+        return g.op("Transpose", out, perm_i=[0, 2, 1, 3])
+
+
+def _fusable_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **more):
+    plain = (q.dim() != 4 or is_causal or dropout_p or more or
+             (attn_mask is not None and (attn_mask.dtype == torch.bool or attn_mask.dim() not in (3, 4))))
+    if plain:
+        return _SDPA(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **more)
+    bias = attn_mask.unsqueeze(0) if attn_mask is not None and attn_mask.dim() == 3 else attn_mask
+    if bias is not None:
+        bias = bias.expand(-1 if bias.shape[0] in (1, q.shape[0]) else q.shape[0], q.shape[1], -1, -1).to(q.dtype)
+    return _Attention.apply(q, k, v, bias, int(q.shape[1]), int(q.shape[3]), scale)
+
+
+def fuse_attention(model) -> int:
+    """The export's attention nodes as ONNX Runtime's MultiHeadAttention (inputs query, key, value, then the
+    attention bias in its sixth place); the number of nodes."""
+    import onnx
+
+    count = 0
+    for node in model.graph.node:
+        if node.domain == _ATTENTION_DOMAIN and node.op_type == "Attention":
+            node.domain, node.op_type = "com.microsoft", "MultiHeadAttention"
+            if len(node.input) == 4:
+                bias = node.input[3]
+                del node.input[3:]
+                node.input.extend(["", "", bias])
+            count += 1
+    imports = [o for o in model.opset_import if o.domain not in (_ATTENTION_DOMAIN, "com.microsoft")]
+    del model.opset_import[:]
+    model.opset_import.extend(imports + ([onnx.helper.make_opsetid("com.microsoft", 1)] if count else []))
+    return count
+
+
+ATTENTION = ("plain", "fused")
+
+
+def export_module(module, output: str | Path, opset: int = 18, samples: int = 4,
+                  attention: str = "plain") -> tuple[Path, Graphs]:
+    """`attention`: `plain` (MatMul, Softmax, MatMul: standard ONNX, any runtime) or `fused` (ONNX Runtime's
+    MultiHeadAttention, see _Attention; on this project's CPU it gained nothing measurable: README, Benchmarks)."""
+    if attention not in ATTENTION:
+        raise ExportError(f"attention must be one of {ATTENTION}, got {attention!r}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     contract = module.contract
     graphs = export_graphs(module, samples)
     # The TorchScript exporter writes one self-contained file and is the faster of the two; torch flags it as
     # legacy, which is no news to the user.
+    if attention == "fused":
+        F.scaled_dot_product_attention = _fusable_attention
+    # timm keeps some attention (Swin's windows) on its explicit path unless asked: the same function either way
+    explicit = [m for m in graphs.final.modules() if getattr(m, "fused_attn", True) is False] if attention == "fused" else []
+    for m in explicit:
+        m.fused_attn = True
+    try:
+        _export(graphs, output, contract, opset)
+    finally:
+        F.scaled_dot_product_attention = _SDPA
+        for m in explicit:
+            m.fused_attn = False
+    with torch.no_grad():
+        widths = [tuple(t.shape) for t in _as_tuple(graphs.final(*graphs.inputs))]
+    write_metadata(output, module_metadata(module, graphs.model_size), output_shapes(contract, widths))
+    return output, graphs
+
+
+def _export(graphs: Graphs, output: Path, contract: Contract, opset: int) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         # the contract fixes the input size, so shape-dependent branches are meant to be traced as constants
@@ -186,10 +270,6 @@ def export_module(module, output: str | Path, opset: int = 18, samples: int = 4)
         torch.onnx.export(graphs.final, graphs.inputs, str(output), dynamo=False, opset_version=opset,
                           input_names=contract.input_names, output_names=contract.output_names,
                           dynamic_axes=contract.dynamic_axes(), do_constant_folding=True)
-    with torch.no_grad():
-        widths = [tuple(t.shape) for t in _as_tuple(graphs.final(*graphs.inputs))]
-    write_metadata(output, module_metadata(module, graphs.model_size), output_shapes(contract, widths))
-    return output, graphs
 
 
 def output_shapes(contract: Contract, shapes: Sequence[tuple[int, ...]]) -> dict[str, list]:
@@ -257,10 +337,12 @@ def _scrub(value):
 
 
 def write_metadata(path: Path, metadata: dict[str, str], shapes: dict[str, list] | None = None) -> None:
-    """The metadata, and (where given) the graph outputs' declared shapes: symbols for str, sizes for ints."""
+    """The metadata, and (where given) the graph outputs' declared shapes: symbols for str, sizes for ints; the
+    attention nodes become ONNX Runtime's."""
     import onnx
 
     model = onnx.load(str(path))
+    fuse_attention(model)
     del model.metadata_props[:]
     for key, value in sorted(metadata.items()):
         entry = model.metadata_props.add()
@@ -370,9 +452,9 @@ def _time(report: ExportReport, session, names, feeds, wrapper, inputs, runs: in
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, opset: int = 18, samples: int = 4,
-                      atol: float = 1e-4) -> ExportReport:
+                      atol: float = 1e-4, attention: str = "plain") -> ExportReport:
     module = load_task_module(checkpoint)
-    path, graphs = export_module(module, output, opset, samples)
+    path, graphs = export_module(module, output, opset, samples, attention)
     try:
         check_file(path)
     except (ContractBroken, UnreadableModel) as error:
@@ -411,11 +493,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18; default 18)")
     parser.add_argument("--samples", type=int, default=4, help="real samples compared between PyTorch and ORT")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed abs difference (fp32)")
+    parser.add_argument("--attention", choices=ATTENTION, default="plain",
+                        help="plain: standard ONNX operators; fused: ONNX Runtime's MultiHeadAttention")
     args = parser.parse_args(argv)
     if args.opset < 18:
         parser.error(f"--opset {args.opset}: use 18 or newer")
     try:
-        report = export_checkpoint(args.checkpoint, args.output, args.opset, args.samples, args.atol)
+        report = export_checkpoint(args.checkpoint, args.output, args.opset, args.samples, args.atol, args.attention)
     except ExportError as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1

@@ -45,6 +45,36 @@ def file_signature(path: Path) -> tuple | None:
     return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
+def session_options(threads: int | None = None):
+    """The ONNX Runtime session options the runtime uses (docs/runtime.md, section 9, for the C++ side): every graph
+    optimisation (fusions and layout changes at load time); `threads` intra-op threads (None: ONNX Runtime's
+    default, one per physical core) and one inter-op thread with sequential execution (these graphs are chains,
+    and a second pool only competes for the cores); the CPU memory arena and memory patterns on (the shapes repeat
+    call after call, so buffers are reused, not allocated)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    return options
+
+
+# On CUDA, for batch-1 calls of fixed shapes: the fastest convolution algorithm found once per shape, and the
+# memory arena growing by what is asked, not by doubling (several models share one card).
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "arena_extend_strategy": "kSameAsRequested",
+                "do_copy_in_default_stream": "1"}
+
+
+def provider_list(providers: Sequence[str]) -> list:
+    """Providers with their options, as InferenceSession takes them."""
+    return [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -139,12 +169,10 @@ class Model:
     def _session(self, path: Path):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
         try:
             # the bytes are read once, so the file may be replaced again while the session is built
-            return ort.InferenceSession(path.read_bytes(), options, providers=self.providers)
+            return ort.InferenceSession(path.read_bytes(), session_options(self.threads),
+                                        providers=provider_list(self.providers))
         except OSError as error:
             raise UnreadableModel(f"{path}: {error}") from None
         except Exception as error:

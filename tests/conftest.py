@@ -7,6 +7,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Under pytest-xdist the workers share the cores: one thread each (the processes tests start inherit it), instead of
+# every worker's OpenMP pool spinning on every core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
+        os.environ.setdefault(variable, "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 # Tiny emotion runs: 64 px synthetic faces, a handful of identities, no worker processes.
 TINY_EMOTION = [
     "--data.image_size", "64", "--data.subjects", "[2, 1, 1]", "--data.per_subject", "8",

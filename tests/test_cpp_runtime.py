@@ -42,11 +42,15 @@ def cpp_build():
     reason = missing_toolchain()
     if reason:
         pytest.skip(reason)
+    from filelock import FileLock
+
     configure = ["cmake", "-S", str(SOURCE), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DONNXRUNTIME_ROOT={ORT_ROOT}"]
-    for command in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(BUILD.parent / "cpp.lock")):  # one build at a time, whichever test worker asks first
+        for command in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
+            result = subprocess.run(command, capture_output=True, text=True)
+            assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return BUILD
 
 

@@ -164,6 +164,20 @@ def test_export_parity_through_the_module(tmp_path):
     assert metadata["input_size"] == "[224, 224]" and metadata["model_input_size"] == "[32, 32]"
 
 
+def test_fused_attention_export_matches_pytorch(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    module = MicroExpModule(["negative", "positive", "surprise"], **TINY).eval()
+    path, graphs = export_module(module, tmp_path / "fused.onnx", samples=2, attention="fused")
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(nodes) == module.net.config.depth and all(n.domain == "com.microsoft" for n in nodes)
+    report = verify(path, graphs.final, graphs.inputs, runs=1, logits_wrapper=graphs.logits)
+    assert report.max_abs_diff["probs"] <= 1e-4 and report.max_rel_diff["probs"] <= 1e-4
+    plain, _ = export_module(module, tmp_path / "plain.onnx", samples=1)
+    assert not [n for n in onnx.load(str(plain)).graph.node if n.domain == "com.microsoft"]
+
+
 def test_cnn_lstm_baseline():
     model = CNNLSTM(5)
     logits = model(torch.randn(2, 3, 3, 64, 64))

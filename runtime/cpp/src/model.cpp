@@ -186,9 +186,14 @@ std::shared_ptr<const Model::Loaded> Model::load(const std::string& path) const 
     Signature before = signature_of(path);
     std::string bytes = read_bytes(path);  // read once: the file may be replaced again while the session is built
     auto loaded = std::make_shared<Loaded>();
+    // the options runtime.model.session_options sets (docs/runtime.md, section 9)
     Ort::SessionOptions session_options;
-    if (options_.threads > 0) session_options.SetIntraOpNumThreads(options_.threads);
     session_options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    session_options.SetExecutionMode(ExecutionMode::ORT_SEQUENTIAL);
+    session_options.SetInterOpNumThreads(1);
+    if (options_.threads > 0) session_options.SetIntraOpNumThreads(options_.threads);
+    session_options.EnableCpuMemArena();
+    session_options.EnableMemPattern();
     std::vector<std::string> wanted = options_.providers;
     if (wanted.empty()) wanted = {"CUDAExecutionProvider", "CPUExecutionProvider"};
     std::vector<std::string> available = available_providers();
@@ -198,6 +203,9 @@ std::shared_ptr<const Model::Loaded> Model::load(const std::string& path) const 
         if (p == "CUDAExecutionProvider") {
             try {
                 OrtCUDAProviderOptions cuda{};
+                cuda.cudnn_conv_algo_search = OrtCudnnConvAlgoSearchExhaustive;  // found once per fixed shape
+                cuda.arena_extend_strategy = 1;                                 // kSameAsRequested
+                cuda.do_copy_in_default_stream = 1;
                 session_options.AppendExecutionProvider_CUDA(cuda);
                 loaded->provider = p;
                 break;
