@@ -61,6 +61,8 @@ class AUModule(TaskModule):
         edge_weight: weight of the edge loss (stage 2; the official BP4D 0.05, DISFA 0.01).
         intensity_weight: weight of the masked intensity regression (L1 on 0-5, divided by 5).
         threshold: occurrence threshold on the probability.
+        allow_pickle: read an `init_from` file that pickles more than tensors and the known training namespaces
+            (trusted files only; this project's own checkpoints need no such permission).
         augment: device-side augmentation (default: a 224 crop, a flip, colour jitter 0.4).
 
     Intensity and occurrence: `forward`, `predict`, the export's `au_intensity` and the `AU01_r` column all give
@@ -75,7 +77,7 @@ class AUModule(TaskModule):
                  backbone: str = "resnet50", stage: int = 2, neighbours: int = 4, metric: str = "dots",
                  pretrained: str | None = None, init_from: str | None = None, edge_weight: float = 0.05,
                  intensity_weight: float = 1.0, threshold: float = 0.5, augment=AU_AUGMENTATION,
-                 preprocessing: dict | None = None, **optim):
+                 preprocessing: dict | None = None, allow_pickle: bool = False, **optim):
         super().__init__(**optim)
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -100,7 +102,7 @@ class AUModule(TaskModule):
         if self.hparams.pretrained:
             load_backbone(self.net, self.hparams.pretrained)
         if self.hparams.init_from:
-            load_graph_checkpoint(self.net, self.hparams.init_from)
+            load_graph_checkpoint(self.net, self.hparams.init_from, self.hparams.allow_pickle)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

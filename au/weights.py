@@ -29,12 +29,13 @@ def checkpoint_stage(keys) -> int:
     return 1 if any(k.endswith(STAGE_ONE_GRAPH) for k in keys) else 2
 
 
-def load_graph_checkpoint(net, path: str) -> None:
+def load_graph_checkpoint(net, path: str, allow_pickle: bool = False) -> None:
     """A whole ME-GraphAU checkpoint. Of the same stage, every tensor loads (the intensity read-out, which the
     official releases lack, keeps its initialisation); from stage 1 into stage 2, what the stages share loads
     (backbone, global_linear, AU feature generators, read-out) and stage 1's node graph is dropped."""
     require(path, "--model.init_from")
-    keys = [k.removeprefix("module.").removeprefix("net.") for k in extract_state_dict(read_checkpoint(path, True), path)]
+    keys = [k.removeprefix("module.").removeprefix("net.")
+            for k in extract_state_dict(read_checkpoint(path, allow_pickle), path)]
     same_stage = checkpoint_stage(keys) == net.stage
     skipped = ("head.intensity",) if same_stage else ("head.intensity", *STAGE_TWO_PARTS)
     required = tuple(k for k in net.state_dict() if not k.startswith(skipped))
@@ -45,4 +46,4 @@ def load_graph_checkpoint(net, path: str) -> None:
             return None
         return key
 
-    load_pretrained(net, path, rename, strict_prefixes=required, strip_prefixes=("module.",), allow_pickle=True)
+    load_pretrained(net, path, rename, strict_prefixes=required, strip_prefixes=("module.",), allow_pickle=allow_pickle)

@@ -1,12 +1,14 @@
 """ONNX Runtime against eager PyTorch at batch 1 on this CPU, for every architecture the recipes use.
 
-    python -m bench.bench_ort [--arch NAME ...] [--threads 2] [--runs 10] [--attention plain|fused] [--json]
+    python -m bench.bench_ort [--arch NAME ...] [--threads 2] [--runs 10] [--attention plain|fused] [--ort-defaults]
+                              [--json]
 
 Each model is built at random initialisation (speed does not depend on the weights) and exported through
 common.export exactly as a trained checkpoint is; eager is the same graph in PyTorch (`torch.inference_mode`, the
 same number of intra-op threads). The two are timed interleaved, one call each in turn after a warm-up, and the
-medians compared: ratio = ORT / eager (below 1: ONNX Runtime is faster). `--json` prints a list of
-{arch, ort_ms, eager_ms, ratio}.
+medians compared: ratio = ORT / eager (below 1: ONNX Runtime is faster). ONNX Runtime runs with the runtime's
+session options (runtime.model.session_options); `--ort-defaults` with ONNX Runtime's own defaults and only the
+thread count set, to see what the options give. `--json` prints a list of {arch, ort_ms, eager_ms, ratio}.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def builders() -> dict[str, Callable]:
     }
 
 
-def measure(arch: str, threads: int, runs: int, attention: str = "plain") -> dict:
+def measure(arch: str, threads: int, runs: int, attention: str = "plain", ort_defaults: bool = False) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -60,7 +62,11 @@ def measure(arch: str, threads: int, runs: int, attention: str = "plain") -> dic
     module = builders()[arch]().eval()
     with tempfile.TemporaryDirectory() as folder:
         path, graphs = export_module(module, Path(folder) / f"{arch}.onnx", samples=1, attention=attention)
-        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        options = session_options(threads)
+        if ort_defaults:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = graphs.inputs[0][:1]
     feed = {session.get_inputs()[0].name: x.numpy()}
     torch.set_num_threads(threads)
@@ -89,13 +95,14 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--attention", choices=("plain", "fused"), default="plain",
                         help="how attention is exported (common.export --attention)")
+    parser.add_argument("--ort-defaults", action="store_true", help="ONNX Runtime's default session options")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = []
     if not args.json:
         print(f"{'arch':18s} {'ORT ms':>9s} {'eager ms':>9s} {'ORT/eager':>10s}", flush=True)
     for arch in args.arch or list(builders()):
-        row = measure(arch, args.threads, args.runs, args.attention)
+        row = measure(arch, args.threads, args.runs, args.attention, args.ort_defaults)
         rows.append(row)
         if not args.json:
             print(f"{arch:18s} {row['ort_ms']:9.1f} {row['eager_ms']:9.1f} {row['ratio']:10.2f}", flush=True)
