@@ -266,11 +266,7 @@ def contract_tables() -> dict:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cpp_models")
-    tiny_onnx.emotion(folder / "emotion.onnx")
-    tiny_onnx.au(folder / "au.onnx")
-    tiny_onnx.microexp(folder / "microexp.onnx")
-    tiny_onnx.spotting(folder / "spotting.onnx")
+    folder = tiny_onnx.every_task(tmp_path_factory.mktemp("cpp_models"))
     (folder / "extra").mkdir()
     tiny_onnx.spotting(folder / "extra" / "spotting_dis.onnx")
     tiny_onnx.spotting(folder / "extra" / "spotting_farneback.onnx", method="farneback")

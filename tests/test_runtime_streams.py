@@ -18,12 +18,7 @@ from spotting.postprocess import spot
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    tiny_onnx.emotion(folder / "emotion.onnx")
-    tiny_onnx.au(folder / "au.onnx")
-    tiny_onnx.microexp(folder / "microexp.onnx")
-    tiny_onnx.spotting(folder / "spotting.onnx")
-    return folder
+    return tiny_onnx.every_task(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -126,3 +126,13 @@ def flat_aware_detector():
         return BOX_FRACTIONS * np.array([width, height], np.float64)
 
     return detect
+
+
+def every_task(folder) -> Path:
+    """A folder with one tiny model of each task, as `python -m runtime --models` reads it."""
+    folder = Path(folder)
+    emotion(folder / "emotion.onnx")
+    au(folder / "au.onnx")
+    microexp(folder / "microexp.onnx")
+    spotting(folder / "spotting.onnx")
+    return folder
