@@ -9,6 +9,7 @@ Prints one row per task: seconds of fit, test and export, their total, the test 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ def run_task(task: str, folder: Path) -> dict:
     for stage, command in commands(task, runs, model).items():
         start = time.perf_counter()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                env={**__import__("os").environ, "WANDB_MODE": "offline"})
+                                env={**os.environ, "WANDB_MODE": "offline"})
         times[stage] = time.perf_counter() - start
         if result.returncode != 0:
             print(f"{task} {stage} failed:\n{result.stderr[-2000:]}", file=sys.stderr)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ TRAINING = {
                                                                    "RECIPE:microexp/megc2019_videomae_b.yaml"]),
 }
 EMOTION_TARGET_MS = 5.0
+LATENCY_RUNS = 50  # batch-1 calls timed per model (median)
 
 
 def recipe_batch(name: str) -> str:
@@ -93,6 +93,7 @@ def ort_cuda(folder: Path) -> list[dict]:
     import onnxruntime as ort
     import torch
 
+    from bench.timing import median_ms
     from common.export import export_module
     from runtime.model import provider_list, session_options
 
@@ -114,11 +115,11 @@ def ort_cuda(folder: Path) -> list[dict]:
         want = (want[0] if isinstance(want, (tuple, list)) else want).float().cpu().numpy()
         single = {k: v[:1] for k, v in feed.items()}
         rows.append({"task": task, "provider": session.get_providers()[0], "max_abs_diff": float(np.abs(got - want).max()),
-                     "latency_ms": round(median_latency(session, single), 2)})
+                     "latency_ms": round(median_ms(lambda: session.run(None, single), LATENCY_RUNS), 2)})
         if task == "microexp":  # attention as ONNX Runtime's MultiHeadAttention: meant to pay on a GPU
             fused, _ = export_module(module, folder / "microexp_fused.onnx", samples=1, attention="fused")
             fused_session = ort.InferenceSession(str(fused), session_options(), providers=provider_list(["CUDAExecutionProvider"]))
-            rows[-1]["fused_attention_latency_ms"] = round(median_latency(fused_session, single), 2)
+            rows[-1]["fused_attention_latency_ms"] = round(median_ms(lambda: fused_session.run(None, single), LATENCY_RUNS), 2)
         if "fused_attention_latency_ms" in rows[-1]:
             print(f"  microexp with fused attention (--attention fused): {rows[-1]['fused_attention_latency_ms']} ms", flush=True)
         note = (f" (target < {EMOTION_TARGET_MS} ms on an RTX 3060: "
@@ -126,16 +127,6 @@ def ort_cuda(folder: Path) -> list[dict]:
         print(f"  {task}: ORT {rows[-1]['provider']} vs PyTorch max abs diff {rows[-1]['max_abs_diff']:.2e}, batch-1 "
               f"latency {rows[-1]['latency_ms']} ms{note}", flush=True)
     return rows
-
-
-def median_latency(session, feed: dict, runs: int = 50) -> float:
-    session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def emotion_batch(size: int = 224, batch: int = 16):

@@ -28,8 +28,6 @@ METADATA_KEYS = (
 )
 
 
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

@@ -15,9 +15,10 @@ common/labels.yaml turn words into classes. Frame numbers are the numbers in the
     casme3   CAS(ME)³ Part A: cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx (sheet `label`, numbers stored as text),
              or v1's cas(me)3_part_A_ME_label_JpgIndex_v1.xls (sheet `Sheet1`) or an .xlsx re-save of either,
              found in the root, annotation/ or annotation/partA/ under any case; frames
-             data/spNO.1/a/color/175.jpg, the subject folder matched case-insensitively (spNO and spNo both occur). A Filename repeats within a subject (several expressions in one video): each
-             row is its own sample. Rows whose apex lies outside the interval, or whose offset precedes the
-             onset (offset 0 = not coded), are left out and counted. 30 fps.
+             data/spNO.1/a/color/175.jpg, the subject folder matched case-insensitively (spNO and spNo both
+             occur). A Filename repeats within a subject (several expressions in one video): each row is its own
+             sample. Rows whose apex lies outside the interval, or whose offset precedes the onset (offset 0 =
+             not coded), are left out and counted. 30 fps.
 
 A sheet row that cannot be read (a non-numeric frame, a missing folder) stops the parser with the file, sheet and
 row; rows left out by a rule above are counted in the log.

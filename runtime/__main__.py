@@ -32,6 +32,7 @@ from runtime.pipeline import Pipeline, find_models
 
 INTERRUPTED = 130
 
+
 def open_capture(source: str) -> tuple[cv2.VideoCapture, float, int]:
     capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
     if not capture.isOpened():

@@ -17,9 +17,9 @@ only: a video folder that is missing is found by the data module (and by `common
                frame numbers are rounded half up; an apex of -1 is not annotated. Frames
                SAMM_longvideos/006_1/006_1_0001.jpg. vid `006_1`. 200 fps.
     casme3_lv  CAS(ME)³ Part A long videos: CAS(ME)3_part_A_v2.xls (v1: _v1.xls; or either saved as .xlsx) in the
-               root, annotation/ or annotation/partA/, any case; sheet AU+Emotion (Subject, Filename, Onset, Apex, Offset, AU, Expression type, Objective class;
-               numbers stored as text). Frames data/spNO.1/a/color/1.jpg, the subject folder matched
-               case-insensitively. vid `spNO.1/a`. 30 fps.
+               root, annotation/ or annotation/partA/, any case; sheet AU+Emotion (Subject, Filename, Onset,
+               Apex, Offset, AU, Expression type, Objective class; numbers stored as text). Frames
+               data/spNO.1/a/color/1.jpg, the subject folder matched case-insensitively. vid `spNO.1/a`. 30 fps.
 
 Spotting needs onset and offset: an apex outside onset..offset (CAS(ME)² has four, one of them 0) is dropped and
 the interval kept; a row whose offset precedes its onset is left out and counted in the log. A cell that is not a

@@ -200,9 +200,8 @@ def write_streaming_cases(folder: Path, models: Path) -> None:
 
 def feature_tolerance(method: str, python_opencv: str) -> float:
     """Farneback flow differs between builds of OpenCV only in float rounding (1e-5 px), so features agree to
-    about 1e-7; OpenCV's DIS
-    changed between releases (4.6 against 4.14: up to 0.07 px of flow, 3e-3 in features), so DIS features agree
-    that closely only where both sides use the same OpenCV."""
+    about 1e-7; OpenCV's DIS changed between releases (4.6 against 4.14: up to 0.07 px of flow, 3e-3 in features),
+    so DIS features agree that closely only where both sides use the same OpenCV."""
     from runtime.vectors import DIS_TOLERANCE
 
     return 1e-7 if method == "farneback" else DIS_TOLERANCE[0] if python_opencv == cpp_opencv() else DIS_TOLERANCE[1]

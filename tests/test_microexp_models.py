@@ -9,7 +9,7 @@ import torch
 from common.export import export_module, verify
 from microexp.model import CNNLSTM, VideoMAE, load_videomae_checkpoint, sinusoid_positions
 from microexp.module import MicroExpModule
-from tests.conftest import exported_metadata, metadata_of
+from tests.conftest import metadata_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = dict(arch="videomae_tiny", clip_length=4, image_size=32)

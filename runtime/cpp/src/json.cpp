@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 namespace facex {
@@ -152,6 +153,18 @@ class JsonParser {
 };
 
 Json Json::parse(const std::string& text) { return JsonParser(text).document(); }
+
+Json Json::parse_file(const std::string& path) {
+    std::ifstream file(path);
+    if (!file) throw JsonError(path + ": cannot open");
+    std::stringstream text;
+    text << file.rdbuf();
+    try {
+        return parse(text.str());
+    } catch (const JsonError& error) {
+        throw JsonError(path + ": " + error.what());
+    }
+}
 
 double Json::number() const {
     if (kind_ == Kind::Bool) return bool_ ? 1.0 : 0.0;

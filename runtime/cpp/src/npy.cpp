@@ -76,6 +76,35 @@ NpyArray read_npy(const std::string& path) {
     return array;
 }
 
+namespace {
+
+cv::Mat uint8_view(const NpyArray& a, std::size_t first_axis, std::size_t offset, const char* what) {
+    const std::size_t rank = a.shape.size() - first_axis;
+    if (a.kind != 'u' || a.itemsize != 1 || rank < 2 || rank > 3 || (rank == 3 && a.shape.back() != 3))
+        throw std::runtime_error("npy: " + a.describe() + " is not " + what);
+    return cv::Mat(static_cast<int>(a.shape[first_axis]), static_cast<int>(a.shape[first_axis + 1]),
+                   rank == 3 ? CV_8UC3 : CV_8UC1, const_cast<unsigned char*>(a.bytes.data() + offset));
+}
+
+}  // namespace
+
+cv::Mat image_view(const NpyArray& a) { return uint8_view(a, 0, 0, "a uint8 image [H, W(, 3)]"); }
+
+cv::Mat frame_view(const NpyArray& a, std::size_t index) {
+    if (a.shape.empty() || index >= a.shape[0])
+        throw std::runtime_error("npy: no frame " + std::to_string(index) + " in " + a.describe());
+    return uint8_view(a, 1, index * (a.count() / a.shape[0]), "a uint8 stack [T, H, W(, 3)]");
+}
+
+cv::Mat matrix_of(const NpyArray& a, int rows, int cols) {
+    std::vector<double> v = a.values();
+    if (v.size() < static_cast<std::size_t>(rows * cols))
+        throw std::runtime_error("npy: " + a.describe() + " has fewer than " + std::to_string(rows * cols) + " values");
+    cv::Mat m(rows, cols, CV_64F);
+    for (int i = 0; i < rows * cols; ++i) m.at<double>(i / cols, i % cols) = v[i];
+    return m;
+}
+
 void write_npy(const std::string& path, const std::vector<float>& values, const std::vector<std::size_t>& shape) {
     std::ostringstream dims;
     for (std::size_t d : shape) dims << d << ", ";

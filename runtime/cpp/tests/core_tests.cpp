@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -36,24 +35,8 @@ void check(bool ok, const std::string& what) {
     }
 }
 
-std::string read_text(const fs::path& path) {
-    std::ifstream file(path);
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-}
-
-cv::Mat image_of(const facex::NpyArray& a) {
-    int type = a.shape.size() == 3 ? CV_8UC3 : CV_8UC1;
-    return cv::Mat(static_cast<int>(a.shape[0]), static_cast<int>(a.shape[1]), type,
-                   const_cast<unsigned char*>(a.bytes.data())).clone();
-}
-
-cv::Mat doubles(const facex::NpyArray& a, int rows, int cols) {
-    std::vector<double> v = a.values();
-    cv::Mat m(rows, cols, CV_64F);
-    for (int i = 0; i < rows * cols; ++i) m.at<double>(i / cols, i % cols) = v[i];
-    return m;
+cv::Mat read_image(const fs::path& path) {  // a uint8 image written by numpy.save, as its own copy
+    return facex::image_view(facex::read_npy(path.string())).clone();
 }
 
 double worst(const cv::Mat& a, const cv::Mat& b) {
@@ -110,7 +93,7 @@ void self_contained() {
 // ---------------------------------------------------------------- cases from Python
 
 void clip_buffer_cases(const fs::path& folder) {
-    Json cases = Json::parse(read_text(folder / "clip_buffer.json"));
+    Json cases = Json::parse_file((folder / "clip_buffer.json").string());
     for (const Json& c : cases.array()) {
         facex::ClipBuffer buffer(static_cast<int>(c["length"].number()), c["span"].number(), c["fps"].number(),
                                  static_cast<int>(c["stride"].number()));
@@ -135,20 +118,20 @@ void clip_buffer_cases(const fs::path& folder) {
 void crop_cases(const fs::path& folder) {
     for (const auto& entry : fs::directory_iterator(folder / "crops")) {
         const fs::path& c = entry.path();
-        Json settings = Json::parse(read_text(c / "settings.json"));
+        Json settings = Json::parse_file((c / "settings.json").string());
         int size = static_cast<int>(settings["size"].number());
-        cv::Mat frame = image_of(facex::read_npy((c / "frame.npy").string()));
+        cv::Mat frame = read_image(c / "frame.npy");
         cv::Mat matrix;
         if (fs::exists(c / "points.npy")) {
-            matrix = facex::alignment_matrix(doubles(facex::read_npy((c / "points.npy").string()), 5, 2), size,
+            matrix = facex::alignment_matrix(facex::matrix_of(facex::read_npy((c / "points.npy").string()), 5, 2), size,
                                              settings["margin"].number());
         } else {
             matrix = facex::resize_matrix(frame.rows, frame.cols, size);
         }
-        cv::Mat expected_matrix = doubles(facex::read_npy((c / "matrix.npy").string()), 2, 3);
+        cv::Mat expected_matrix = facex::matrix_of(facex::read_npy((c / "matrix.npy").string()), 2, 3);
         check(worst(matrix, expected_matrix) < 1e-6, c.filename().string() + ": alignment matrix");
         cv::Mat crop = facex::warp(frame, expected_matrix, size);
-        double difference = worst(crop, image_of(facex::read_npy((c / "crop.npy").string())));
+        double difference = worst(crop, read_image(c / "crop.npy"));
         check(difference <= settings["tolerance"].number(),
               c.filename().string() + ": crop within " + std::to_string(settings["tolerance"].number()) +
                   " grey levels (max difference " + std::to_string(difference) + ")");
@@ -156,7 +139,7 @@ void crop_cases(const fs::path& folder) {
 }
 
 void region_cases(const fs::path& folder) {
-    Json cases = Json::parse(read_text(folder / "regions.json"));
+    Json cases = Json::parse_file((folder / "regions.json").string());
     for (const Json& c : cases.array()) {
         auto boxes = facex::region_boxes(facex::FeatureSettings::from_json(c["settings"]));
         bool same = boxes.size() == c["boxes"].size();
@@ -183,7 +166,7 @@ facex::SpotSettings spot_settings_of(const Json& s) {
 }
 
 void postprocess_cases(const fs::path& folder) {
-    Json cases = Json::parse(read_text(folder / "postprocess.json"));
+    Json cases = Json::parse_file((folder / "postprocess.json").string());
     int i = 0;
     for (const Json& c : cases.array()) {
         std::vector<double> s = c["scores"].numbers();
@@ -198,7 +181,7 @@ void postprocess_cases(const fs::path& folder) {
 void streaming_cases(const fs::path& folder) {
     for (const auto& entry : fs::directory_iterator(folder / "streaming")) {
         const fs::path& c = entry.path();
-        Json spec = Json::parse(read_text(c / "spec.json"));
+        Json spec = Json::parse_file((c / "spec.json").string());
         facex::SpottingSettings settings;
         settings.features = facex::FeatureSettings::from_json(spec["feature_settings"]);
         for (const auto& [type, value] : spec["thresholds"].object()) settings.thresholds[type] = value.number();
@@ -218,11 +201,8 @@ void streaming_cases(const fs::path& folder) {
         facex::StreamingSpotter streaming(rows, settings, spec["fps"].number(), static_cast<int>(spec["chunk"].number()));
         spotter = &streaming;
         std::vector<facex::Interval> intervals;
-        std::size_t per = faces.count() / faces.shape[0];
         for (std::size_t i = 0; i < numbers.size(); ++i) {
-            cv::Mat face(static_cast<int>(faces.shape[1]), static_cast<int>(faces.shape[2]), CV_8UC1,
-                         faces.bytes.data() + i * per);
-            auto found = streaming.push(face, static_cast<std::int64_t>(numbers[i]));
+            auto found = streaming.push(facex::frame_view(faces, i), static_cast<std::int64_t>(numbers[i]));
             intervals.insert(intervals.end(), found.begin(), found.end());
         }
         auto tail = streaming.flush();
@@ -236,7 +216,7 @@ void streaming_cases(const fs::path& folder) {
         std::snprintf(text, sizeof text, ": features within %.3g of Python's (max difference %.3g)",
                       spec["feature_tolerance"].number(), feature_error);
         check(feature_error <= spec["feature_tolerance"].number(), c.filename().string() + text);
-        Json offline = Json::parse(read_text(c / "offline.json"));
+        Json offline = Json::parse_file((c / "offline.json").string());
         check(offline.size() > 0, c.filename().string() + ": the video has intervals to find");
         check(same_intervals(intervals, offline),
               c.filename().string() + ": streaming intervals equal offline spotting: " + intervals_text(intervals));
@@ -244,7 +224,7 @@ void streaming_cases(const fs::path& folder) {
 }
 
 void au_cases(const fs::path& folder) {
-    Json c = Json::parse(read_text(folder / "au.json"));
+    Json c = Json::parse_file((folder / "au.json").string());
     std::vector<double> p = c["prob"].numbers(), q = c["intensity"].numbers();
     std::vector<float> prob(p.begin(), p.end()), intensity(q.begin(), q.end());
     auto columns = facex::openface_columns(prob.data(), intensity.data(), c["aus"].strings(), c["threshold"].number());
@@ -260,14 +240,14 @@ void face_cases(const fs::path& folder) {
         std::printf("facex_core built without dlib: the face-finding cases are not run\n");
         return;
     }
-    Json model = Json::parse(read_text(folder / "faces" / "model.json"));
+    Json model = Json::parse_file((folder / "faces" / "model.json").string());
     facex::FaceFinder finder("dlib", model["landmarks"].string());
     for (const auto& entry : fs::directory_iterator(folder / "faces")) {
         if (!entry.is_directory()) continue;
         const fs::path& c = entry.path();
-        cv::Mat image = image_of(facex::read_npy((c / "image.npy").string()));
+        cv::Mat image = read_image(c / "image.npy");
         cv::Mat points = finder.points(image);
-        cv::Mat expected = doubles(facex::read_npy((c / "points.npy").string()), 5, 2);
+        cv::Mat expected = facex::matrix_of(facex::read_npy((c / "points.npy").string()), 5, 2);
         // dlib releases (Debian's 19.24, the wheel's 20.0) may place a landmark one pixel apart
         check(!points.empty() && worst(points, expected) <= 1.0,
               c.filename().string() + ": dlib's five points within a pixel of Python's" +
@@ -276,7 +256,7 @@ void face_cases(const fs::path& folder) {
 }
 
 void contract_cases(const fs::path& folder) {
-    Json python = Json::parse(read_text(folder / "contracts.json"));
+    Json python = Json::parse_file((folder / "contracts.json").string());
     Json ours = Json::parse(facex::contracts_json());
     check(python["metadata_keys"].strings() == ours["metadata_keys"].strings(), "metadata keys equal Python's");
     for (const auto& [task, spec] : python["tasks"].object()) {

@@ -6,8 +6,6 @@
 //   postprocess scores -> intervals, per scored frame (scores.npy, spec.json)
 #include <chrono>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,13 +25,6 @@ double ms_per(int count, F&& body) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / count;
 }
 
-cv::Mat frame_of(const facex::NpyArray& a, std::size_t index) {
-    int type = a.shape.size() == 4 ? CV_8UC3 : CV_8UC1;
-    std::size_t per = a.count() / a.shape[0];
-    return cv::Mat(static_cast<int>(a.shape[1]), static_cast<int>(a.shape[2]), type,
-                   const_cast<unsigned char*>(a.bytes.data() + index * per));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -42,10 +33,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     const std::string dir = argv[1];
-    std::ifstream spec_file(dir + "/spec.json");
-    std::stringstream text;
-    text << spec_file.rdbuf();
-    facex::Json spec = facex::Json::parse(text.str());
+    facex::Json spec = facex::Json::parse_file(dir + "/spec.json");
 
     facex::NpyArray frames = facex::read_npy(dir + "/frames.npy");  // [F, H, W, 3]
     std::vector<double> p = facex::read_npy(dir + "/points.npy").values();  // [F, 5, 2]
@@ -57,7 +45,7 @@ int main(int argc, char** argv) {
         points.push_back(m);
     }
     std::vector<cv::Mat> faces(count);
-    double crop = ms_per(count, [&](int i) { faces[i] = facex::warp(frame_of(frames, i), facex::alignment_matrix(points[i], 224, 0.15), 224); });
+    double crop = ms_per(count, [&](int i) { faces[i] = facex::warp(facex::frame_view(frames, i), facex::alignment_matrix(points[i], 224, 0.15), 224); });
 
     facex::ClipBuffer buffer(16, 0.5, 30.0, 8);
     std::size_t gathered = 0;
@@ -70,7 +58,7 @@ int main(int argc, char** argv) {
     facex::NpyArray grey = facex::read_npy(dir + "/faces.npy");  // [T, S, S]
     const int frames_grey = static_cast<int>(grey.shape[0]), k = settings.gap(30.0);
     double features = ms_per(frames_grey - k, [&](int i) {
-        std::vector<float> v = maker.pooled(maker.flow(frame_of(grey, i), frame_of(grey, i + k)));
+        std::vector<float> v = maker.pooled(maker.flow(facex::frame_view(grey, i), facex::frame_view(grey, i + k)));
         (void)v;
     });
 

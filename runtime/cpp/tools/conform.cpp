@@ -5,12 +5,10 @@
 // Exit status: 0 every stage within its tolerance, 1 a stage outside it, 2 the vectors cannot be read.
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
 #include <opencv2/imgproc.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,35 +27,6 @@ namespace {
 
 using facex::Json;
 using facex::NpyArray;
-
-std::string read_text(const std::string& path) {
-    std::ifstream file(path);
-    if (!file) throw std::runtime_error(path + ": cannot open");
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-}
-
-cv::Mat image_of(const NpyArray& a) {  // uint8 [H, W, 3] or [H, W]
-    int type = a.shape.size() == 3 ? CV_8UC3 : CV_8UC1;
-    cv::Mat view(static_cast<int>(a.shape[0]), static_cast<int>(a.shape[1]), type, const_cast<unsigned char*>(a.bytes.data()));
-    return view.clone();
-}
-
-cv::Mat frame_of(const NpyArray& a, std::size_t index) {  // frame `index` of uint8 [T, H, W(, 3)]
-    int type = a.shape.size() == 4 ? CV_8UC3 : CV_8UC1;
-    std::size_t per = a.count() / a.shape[0];
-    cv::Mat view(static_cast<int>(a.shape[1]), static_cast<int>(a.shape[2]), type,
-                 const_cast<unsigned char*>(a.bytes.data() + index * per));
-    return view.clone();
-}
-
-cv::Mat matrix_of(const NpyArray& a, int rows, int cols) {
-    std::vector<double> v = a.values();
-    cv::Mat m(rows, cols, CV_64F);
-    for (int i = 0; i < rows * cols; ++i) m.at<double>(i / cols, i % cols) = v[i];
-    return m;
-}
 
 double max_difference(const std::vector<double>& a, const std::vector<double>& b) {
     if (a.size() != b.size()) return INFINITY;
@@ -79,7 +48,7 @@ std::vector<double> as_double(const std::vector<T>& v) { return std::vector<doub
 class Replay {
   public:
     explicit Replay(std::string folder) : folder_(std::move(folder)) {
-        index_ = Json::parse(read_text(folder_ + "/index.json"));
+        index_ = Json::parse_file(folder_ + "/index.json");
         for (const Json& e : index_["entries"].array()) entries_[e["task"].string() + "/" + e["stage"].string()] = e;
     }
 
@@ -88,7 +57,7 @@ class Replay {
         return facex::read_npy(folder_ + "/" + entries_.at(task + "/" + stage)["file"].string());
     }
     Json json(const std::string& task, const std::string& stage) const {
-        return Json::parse(read_text(folder_ + "/" + entries_.at(task + "/" + stage)["file"].string()));
+        return Json::parse_file(folder_ + "/" + entries_.at(task + "/" + stage)["file"].string());
     }
     // the stage's tolerance; a wider one where the vectors came from another OpenCV release and the stage says so
     double tolerance(const std::string& task, const std::string& stage) const {
@@ -140,14 +109,15 @@ facex::ModelInfo model_info(const Replay& r, const std::string& task) {
 }
 
 void replay_crop(Replay& r, const std::string& task, const facex::FaceSettings& face) {
-    cv::Mat frame = image_of(r.npy(task, "frame"));
+    NpyArray stored_frame = r.npy(task, "frame");
+    cv::Mat frame = facex::image_view(stored_frame);
     cv::Mat matrix;
     if (r.has(task, "points")) {
-        cv::Mat points = matrix_of(r.npy(task, "points"), 5, 2);
+        cv::Mat points = facex::matrix_of(r.npy(task, "points"), 5, 2);
         cv::Mat computed = facex::alignment_matrix(points, face.size, face.margin);
         NpyArray stored = r.npy(task, "matrix");
         r.report(task, "matrix", max_difference(values_of(computed), stored.values()), r.tolerance(task, "matrix"));
-        matrix = matrix_of(stored, 2, 3);
+        matrix = facex::matrix_of(stored, 2, 3);
     } else {
         matrix = facex::resize_matrix(frame.rows, frame.cols, face.size);
     }
@@ -159,9 +129,10 @@ void replay_input(Replay& r, const std::string& task) {
     std::vector<float> input;
     if (task == "microexp") {
         NpyArray crops = r.npy(task, "clip_crops");
-        for (std::size_t i = 0; i < crops.shape[0]; ++i) facex::append_input(frame_of(crops, i), input);
+        for (std::size_t i = 0; i < crops.shape[0]; ++i) facex::append_input(facex::frame_view(crops, i), input);
     } else {
-        facex::append_input(image_of(r.npy(task, "crop")), input);
+        NpyArray crop = r.npy(task, "crop");
+        facex::append_input(facex::image_view(crop), input);
     }
     r.report(task, "input", max_difference(as_double(input), r.npy(task, "input").values()), r.tolerance(task, "input"));
 }
@@ -189,8 +160,6 @@ void replay_au_columns(Replay& r, const facex::ModelInfo& info) {
     std::vector<facex::AuColumn> columns = facex::openface_columns(p.data(), q.data(), facex::au_names(info),
                                                                    facex::au_threshold(info));
     Json stored = r.json("au", "columns");
-    std::vector<std::string> names;
-    for (const auto& [name, value] : stored.object()) names.push_back(name);
     double worst = columns.size() == stored.size() ? 0.0 : INFINITY;
     for (const facex::AuColumn& c : columns)
         worst = std::max(worst, stored.has(c.name) ? std::abs(c.value - stored[c.name].number()) : INFINITY);
@@ -225,7 +194,7 @@ void replay_spotting(Replay& r, const facex::ModelInfo& info) {
     spotter = &streaming;
     std::vector<facex::Interval> intervals;
     for (std::size_t i = 0; i < numbers.size(); ++i) {
-        auto found = streaming.push(frame_of(faces, i), static_cast<std::int64_t>(numbers[i]));
+        auto found = streaming.push(facex::frame_view(faces, i), static_cast<std::int64_t>(numbers[i]));
         intervals.insert(intervals.end(), found.begin(), found.end());
     }
     auto tail = streaming.flush();

@@ -21,6 +21,7 @@ class Json {
 
     Json() = default;
     static Json parse(const std::string& text);  // throws JsonError naming the offset
+    static Json parse_file(const std::string& path);  // throws JsonError naming the file
 
     Kind kind() const { return kind_; }
     bool is_null() const { return kind_ == Kind::Null; }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <opencv2/core.hpp>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,13 @@ struct NpyArray {
 };
 
 NpyArray read_npy(const std::string& path);  // throws std::runtime_error naming the file
+// Views of the array's bytes (valid while the array lives; clone to keep): a uint8 image [H, W] or [H, W, 3], and
+// image `index` of a uint8 stack [T, H, W] or [T, H, W, 3].
+cv::Mat image_view(const NpyArray& a);
+cv::Mat frame_view(const NpyArray& a, std::size_t index);
+// The first rows x cols values as a float64 matrix (landmarks [5, 2], a similarity transform [2, 3]).
+cv::Mat matrix_of(const NpyArray& a, int rows, int cols);
+
 void write_npy(const std::string& path, const std::vector<float>& values, const std::vector<std::size_t>& shape);
 
 }  // namespace facex
