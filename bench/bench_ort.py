@@ -84,8 +84,14 @@ def measure(arch: str, threads: int, runs: int, attention: str = "plain", ort_de
         want = graphs.final(x)
         want = (want[0] if isinstance(want, (tuple, list)) else want).numpy()
     ort_ms, eager_ms = statistics.median(ort_times), statistics.median(eager_times)
-    return {"arch": arch, "ort_ms": round(ort_ms, 2), "eager_ms": round(eager_ms, 2), "ratio": round(ort_ms / eager_ms, 3),
+    return {"arch": arch, "ort_ms": significant(ort_ms, 4), "eager_ms": significant(eager_ms, 4),
+            "ratio": significant(ort_ms / eager_ms, 3),
             "max_abs_diff": float(np.abs(got - want).max())}
+
+
+def significant(value: float, digits: int) -> float:
+    """Rounded to significant digits, not decimals: a 0.02 ratio or a 0.4 ms model keeps its precision."""
+    return float(f"{value:.{digits}g}")
 
 
 def main(argv=None) -> int:
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
         row = measure(arch, args.threads, args.runs, args.attention, args.ort_defaults)
         rows.append(row)
         if not args.json:
-            print(f"{arch:18s} {row['ort_ms']:9.1f} {row['eager_ms']:9.1f} {row['ratio']:10.2f}", flush=True)
+            print(f"{arch:18s} {row['ort_ms']:9.1f} {row['eager_ms']:9.1f} {row['ratio']:10.3g}", flush=True)
     if args.json:
         print(json.dumps([{k: r[k] for k in ("arch", "ort_ms", "eager_ms", "ratio")} for r in rows], indent=2))
     return 0
