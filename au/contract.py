@@ -16,8 +16,10 @@ from common.contract import Contract, TensorSpec
 CONTRACT = Contract(
     task="au",
     inputs=(TensorSpec("image", ("N", 3, 256, 256)),),
-    outputs=(TensorSpec("au_prob", ("N", "K")), TensorSpec("au_intensity", ("N", "K"))),
+    outputs=(TensorSpec("au_prob", ("N", "K"), value_range=(0.0, 1.0)),
+             TensorSpec("au_intensity", ("N", "K"), value_range=(0.0, 5.0))),
     layout="NCHW",
+    labels_key="aus",
 )
 
 

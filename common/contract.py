@@ -33,6 +33,13 @@ class TensorSpec:
     name: str
     shape: tuple  # ints, or strings for symbolic axes ("N" batch, "C" classes, "T" time)
     activation: str = ""  # the graph's last operation on an output: "softmax", "sigmoid", or "" for none
+    value_range: tuple[float, float] | None = None  # where an output's values must lie, beyond its activation's
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        if self.value_range is not None:
+            return self.value_range
+        return (0.0, 1.0) if self.activation in ("softmax", "sigmoid") else None
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class Contract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     layout: str
+    labels_key: str = "classes"  # the metadata list that names the first output's last axis
+    probe_scale: float = 1.0  # the probe input's values lie in [0, probe_scale)
 
     @property
     def input_names(self) -> list[str]:
@@ -64,6 +73,7 @@ class Contract:
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
 SUM_TOLERANCE = 1e-3
+RANGE_TOLERANCE = 1e-4  # float32 rounding at a bound (an intensity of 5 * sigmoid)
 
 
 class UnreadableModel(OSError):
@@ -146,7 +156,7 @@ def check_structure(proto, path: Path) -> ModelInfo:
 
 
 def check_labels(info: ModelInfo) -> list[str]:
-    key = "aus" if info.task == "au" else "score_names" if info.task == "spotting" else "classes"
+    key = contract_of(info.task).labels_key
     try:
         labels = json.loads(info.metadata.get(key, ""))
     except json.JSONDecodeError:
@@ -161,18 +171,24 @@ def check_labels(info: ModelInfo) -> list[str]:
 
 
 def probe_input(info: ModelInfo, batch: int = 2, length: int = 48) -> dict[str, np.ndarray]:
-    """A deterministic input in the contract's range (images in [0, 1]; spotting features near zero)."""
+    """A deterministic input in the contract's range (in [0, probe_scale)); a symbolic axis other than N and T
+    takes its size from the metadata's `input_size`, which names the input's trailing axes (spotting: ["T", D])."""
     rng = np.random.default_rng(0)
-    feeds = {}
+    try:
+        input_size = json.loads(info.metadata.get("input_size", "[]"))
+    except json.JSONDecodeError:
+        raise ContractBroken(f"{info.path}: metadata 'input_size' is not JSON: "
+                             f"{info.metadata['input_size']!r}") from None
+    input_size = input_size if isinstance(input_size, list) else []
+    scale, feeds = contract_of(info.task).probe_scale, {}
     for tensor in info.inputs:
+        shape = tensor["shape"]
         symbols = {"N": batch, "T": length}
-        if info.task == "spotting":  # the feature width is fixed by the extractor, named in input_size ["T", D]
-            symbols["D"] = int(json.loads(info.metadata.get("input_size", "[0, 0]"))[-1])
-        shape = [d if isinstance(d, int) else symbols.get(d, batch if i == 0 else d)
-                 for i, d in enumerate(tensor["shape"])]
+        symbols.update({axis: size for axis, size in zip(shape[len(shape) - len(input_size):], input_size)
+                        if isinstance(axis, str) and axis not in symbols and isinstance(size, int)})
+        shape = [d if isinstance(d, int) else symbols.get(d, batch if i == 0 else d) for i, d in enumerate(shape)]
         if any(not isinstance(d, int) or d <= 0 for d in shape):
             raise ContractBroken(f"{info.path}: cannot size a probe for {tensor['name']} {tensor['shape']}")
-        scale = 0.01 if info.task == "spotting" else 1.0
         feeds[tensor["name"]] = (rng.random(shape, dtype=np.float32) * scale).astype(np.float32)
     return feeds
 
@@ -181,19 +197,15 @@ def check_values(info: ModelInfo, outputs: dict[str, np.ndarray]) -> None:
     for name, value in outputs.items():
         if not np.isfinite(value).all():
             raise ContractBroken(f"{info.path}: {name} gives NaN or infinite values on the probe input")
-    if info.task in ("emotion", "microexp"):
-        probs = outputs["probs"]
-        if probs.min() < 0 or probs.max() > 1 or np.abs(probs.sum(-1) - 1).max() > SUM_TOLERANCE:
-            raise ContractBroken(f"{info.path}: probs must be probabilities summing to 1 per row "
-                                 f"(sums {np.round(probs.sum(-1), 4).tolist()})")
-    elif info.task == "au":
-        if outputs["au_prob"].min() < 0 or outputs["au_prob"].max() > 1:
-            raise ContractBroken(f"{info.path}: au_prob outside [0, 1]")
-        if outputs["au_intensity"].min() < -1e-4 or outputs["au_intensity"].max() > 5 + 1e-4:
-            raise ContractBroken(f"{info.path}: au_intensity outside [0, 5]")
-    elif info.task == "spotting":
-        if outputs["scores"].min() < 0 or outputs["scores"].max() > 1:
-            raise ContractBroken(f"{info.path}: scores outside [0, 1]")
+    for spec in contract_of(info.task).outputs:
+        value, bounds = outputs[spec.name], spec.bounds
+        if spec.activation == "softmax":
+            if value.min() < 0 or value.max() > 1 or np.abs(value.sum(-1) - 1).max() > SUM_TOLERANCE:
+                raise ContractBroken(f"{info.path}: {spec.name} must be probabilities summing to 1 per row "
+                                     f"(sums {np.round(value.sum(-1), 4).tolist()})")
+        elif bounds is not None and not (bounds[0] - RANGE_TOLERANCE <= value.min()
+                                         and value.max() <= bounds[1] + RANGE_TOLERANCE):
+            raise ContractBroken(f"{info.path}: {spec.name} outside [{bounds[0]:g}, {bounds[1]:g}]")
 
 
 def check_file(path: Path | str, session=None) -> ModelInfo:

@@ -8,4 +8,6 @@ CONTRACT = Contract(
     inputs=(TensorSpec("features", ("N", "T", "D")),),
     outputs=(TensorSpec("scores", ("N", "T", 6), activation="sigmoid"),),
     layout="NTD",
+    labels_key="score_names",
+    probe_scale=0.01,  # motion features lie near zero
 )

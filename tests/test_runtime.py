@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import tiny_onnx
+from common.contract import ContractBroken, check_file, check_values
 from runtime.check import REFUSED, UNREADABLE, main as check_main
 from runtime.decode import openface_columns
 from runtime.model import Model
@@ -62,6 +63,21 @@ def test_check_refuses_a_broken_contract_and_says_how(tmp_path, capsys, edit, me
     bad = edited(good, tmp_path / "bad.onnx", edit)
     assert check_main([str(bad)]) == REFUSED
     assert message in capsys.readouterr().err
+
+
+def test_labels_and_value_ranges_are_each_tasks_own(tmp_path):
+    info = check_file(tiny_onnx.au(tmp_path / "au.onnx"))
+    assert info.labels == json.loads(info.metadata["aus"])
+    half = np.full((2, len(info.labels)), 0.5, np.float32)
+    check_values(info, {"au_prob": half, "au_intensity": half * 10})  # an intensity of exactly 5 is in range
+    with pytest.raises(ContractBroken, match=r"au_intensity outside \[0, 5\]"):
+        check_values(info, {"au_prob": half, "au_intensity": half * 10.01})
+    with pytest.raises(ContractBroken, match=r"au_prob outside \[0, 1\]"):
+        check_values(info, {"au_prob": half * 2.01, "au_intensity": half})
+    spotter = check_file(tiny_onnx.spotting(tmp_path / "spotting.onnx"))
+    assert spotter.labels == json.loads(spotter.metadata["score_names"])
+    with pytest.raises(ContractBroken, match=r"scores outside \[0, 1\]"):
+        check_values(spotter, {"scores": np.full((1, 4, 6), -0.01, np.float32)})
 
 
 def test_check_tells_unreadable_files_apart(tmp_path, capsys):
