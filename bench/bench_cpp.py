@@ -29,11 +29,17 @@ sys.path.insert(0, str(REPO))
 BUILD = REPO / "build" / "cpp"
 
 
-def build() -> Path:
-    root = os.environ.get("ONNXRUNTIME_ROOT", "")
-    for command in (["cmake", "-S", str(REPO / "runtime" / "cpp"), "-B", str(BUILD), f"-DONNXRUNTIME_ROOT={root}"],
-                    ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
-        subprocess.run(command, check=True, capture_output=True)
+def build(ort_root: str | None = None) -> Path:
+    """runtime/cpp built into build/cpp (Release), with the ONNX Runtime layer where `ort_root` (default: the
+    environment's ONNXRUNTIME_ROOT) names an SDK; a failing step raises RuntimeError with the tail of its output."""
+    root = os.environ.get("ONNXRUNTIME_ROOT", "") if ort_root is None else ort_root
+    BUILD.mkdir(parents=True, exist_ok=True)
+    configure = ["cmake", "-S", str(REPO / "runtime" / "cpp"), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DONNXRUNTIME_ROOT={root}"]
+    for command in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return BUILD
 
 

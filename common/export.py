@@ -38,7 +38,7 @@ from torch import nn
 
 from common.contract import CONTRACT_VERSION, METADATA_KEYS, Contract, ContractBroken, UnreadableModel, check_file
 from common.tasks import UnknownTaskError, get_task
-from common.tracking import chosen_checkpoint
+from common.tracking import chosen_checkpoint, latest_run
 
 ACTIVATIONS = ("Softmax", "Sigmoid", "LogSoftmax")
 
@@ -77,9 +77,7 @@ def checkpoint_of(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    versions = sorted((p for p in path.glob("version_*") if (p / "checkpoints").is_dir()),
-                      key=lambda p: int(p.name.removeprefix("version_")) if p.name[8:].isdigit() else -1)
-    run = versions[-1] if versions and not (path / "checkpoints").is_dir() else path
+    run = path if (path / "checkpoints").is_dir() else latest_run(path, "checkpoints") or path
     found = chosen_checkpoint(run)
     if not found.is_file():
         raise ExportError(f"{path}: no checkpoint in it (looked for {run / 'checkpoints'}/*.ckpt)")

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from common.errors import concise
 from common.progress import LineProgress
 from common.tasks import TaskSpec
-from common.tracking import (RUN_DIR_ENV, RunSettings, evaluation_dir, is_global_zero, latest_run_with_last_checkpoint,
+from common.tracking import (RUN_DIR_ENV, RunSettings, evaluation_dir, is_global_zero, latest_run,
                              make_loggers, new_run_dir, run_of_checkpoint, trim_metrics)
 
 DEFAULT_ROOT = "runs"
@@ -130,7 +130,7 @@ class TaskCLI(LightningCLI):
         self.fresh_run = True
         evaluating = self.subcommand != "fit"
         if config.get("ckpt_path") == "last":
-            resumed = latest_run_with_last_checkpoint(base)
+            resumed = latest_run(base, "checkpoints/last.ckpt")
             if resumed is None:
                 raise SystemExit(f"--ckpt_path last: no checkpoints/last.ckpt under {base}/version_*")
             if evaluating:

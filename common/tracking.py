@@ -72,10 +72,21 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def run_versions(base: Path) -> dict[int, Path]:
+    """The run directories `version_<n>` under `base`, by n."""
+    return {int(m.group(1)): p for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))}
+
+
 def new_run_dir(base: Path) -> Path:
     """The next `version_<n>` under `base` (never reuses one, so a rerun cannot overwrite results)."""
-    taken = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return base / f"version_{max(taken, default=-1) + 1}"
+    return base / f"version_{max(run_versions(base), default=-1) + 1}"
+
+
+def latest_run(base: Path, having: str) -> Path | None:
+    """The newest `version_<n>` under `base` that holds `having` (a path inside the run), or None."""
+    runs = run_versions(base)
+    found = [n for n, run in runs.items() if (run / having).exists()]
+    return runs[max(found)] if found else None
 
 
 def chosen_checkpoint(run: Path) -> Path:
@@ -101,11 +112,6 @@ def run_of_checkpoint(ckpt_path: str | None) -> Path | None:
     path = Path(ckpt_path)
     run = path.parent.parent
     return run if path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
-
-
-def latest_run_with_last_checkpoint(base: Path) -> Path | None:
-    versions = sorted(base.glob("version_*/checkpoints/last.ckpt"), key=lambda p: int(p.parent.parent.name[8:]))
-    return versions[-1].parent.parent if versions else None
 
 
 def make_loggers(settings: RunSettings, run_dir: Path, name: str, group: str, tags: list[str], job_type: str) -> list:

@@ -21,13 +21,13 @@ import argparse
 import csv
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+from common.console import Progress
 from runtime.pipeline import Pipeline, find_models
 
 INTERRUPTED = 130
@@ -80,30 +80,6 @@ def detector_of(models: dict) -> str:
     return "auto"
 
 
-class Progress:
-    """A live line on a terminal; plain lines every `every` seconds where stderr is a log."""
-
-    def __init__(self, total: int, enabled: bool = True, every: float | None = None):
-        self.total, self.enabled = total, enabled
-        self.live = sys.stderr.isatty()
-        self.every = every if every is not None else (1.0 if self.live else 10.0)
-        self.start = self.last = time.monotonic()
-
-    def update(self, frames: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.last < self.every:
-            return
-        self.last = now
-        done = f"{frames}/{self.total}" if self.total else str(frames)
-        text = f"{done} frames, {frames / max(now - self.start, 1e-9):.1f} frames/s"
-        print(f"\r{text}" if self.live else text, end="" if self.live else "\n", file=sys.stderr, flush=True)
-
-    def close(self, frames: int) -> None:
-        if self.enabled:
-            print(f"{chr(13) if self.live else ''}{frames} frames in {time.monotonic() - self.start:.1f} s",
-                  file=sys.stderr)
-
-
 def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, detector: str | None = None,
         watch: bool = True, progress: bool = True, providers: list[str] | None = None, threads: int | None = None,
         clip_stride: int = 8, strict: bool = False) -> dict:
@@ -120,7 +96,7 @@ def run(source: str, models_dir: Path, out: Path, annotate: Path | None = None, 
     intervals: list = []
     annotator = None
     out.parent.mkdir(parents=True, exist_ok=True)
-    frames, interrupted, meter = 0, False, Progress(total, progress)
+    frames, interrupted, meter = 0, False, Progress(total, "frames", progress)
     try:
         with open(out, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, restval="")

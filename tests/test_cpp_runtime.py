@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 
 import tiny_onnx
-from tests.conftest import REPO
 
-SOURCE, BUILD = REPO / "runtime" / "cpp", REPO / "build" / "cpp"
 ORT_ROOT = os.environ.get("ONNXRUNTIME_ROOT", "")
 needs_ort = pytest.mark.skipif(not ORT_ROOT, reason="ONNXRUNTIME_ROOT does not name an ONNX Runtime SDK (headers + "
                                                     "libonnxruntime.so): the C++ ORT layer is not built")
@@ -44,14 +42,11 @@ def cpp_build():
         pytest.skip(reason)
     from filelock import FileLock
 
-    configure = ["cmake", "-S", str(SOURCE), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DONNXRUNTIME_ROOT={ORT_ROOT}"]
-    BUILD.mkdir(parents=True, exist_ok=True)
+    from bench.bench_cpp import BUILD, build
+
+    BUILD.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(BUILD.parent / "cpp.lock")):  # one build at a time, whichever test worker asks first
-        for command in (configure, ["cmake", "--build", str(BUILD), "-j", str(os.cpu_count() or 2)]):
-            result = subprocess.run(command, capture_output=True, text=True)
-            assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return BUILD
+        return build(ORT_ROOT)
 
 
 # ---------------------------------------------------------------- cases the Python code produces

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from common.cli import main as train_main
-from common.export import (ExportError, degenerate_outputs, export_checkpoint, load_task_module, main, verify,
+from common.export import (ExportError, checkpoint_of, degenerate_outputs, export_checkpoint, load_task_module, main, verify,
                            without_local_paths)
 from tests.conftest import TINY_EMOTION, exported_metadata
 
@@ -20,6 +20,20 @@ def checkpoint(tmp_path_factory):
                 "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                 "--run.root", str(root), "--run.wandb", "false"])
     return next(root.glob("emotion/*/version_0/checkpoints/last.ckpt"))
+
+
+def test_a_run_folder_exports_its_newest_version_with_checkpoints_and_its_chosen_checkpoint(tmp_path):
+    def run(version, *files):
+        for name in files:
+            (tmp_path / f"version_{version}" / "checkpoints" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / f"version_{version}" / "checkpoints" / name).write_bytes(b"")
+        (tmp_path / f"version_{version}").mkdir(exist_ok=True)
+
+    run(2, "last.ckpt"), run(9, "last.ckpt"), run(10, "last.ckpt", "epoch=3-step=40.ckpt"), run(11)
+    assert checkpoint_of(tmp_path) == tmp_path / "version_10" / "checkpoints" / "epoch=3-step=40.ckpt"
+    assert checkpoint_of(tmp_path / "version_9") == tmp_path / "version_9" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ExportError, match="no checkpoint"):
+        checkpoint_of(tmp_path / "version_11")
 
 
 def test_export_matches_pytorch_and_records_metadata(checkpoint, tmp_path, capsys):

@@ -159,9 +159,9 @@ def test_ctrl_c_keeps_the_rows_written_and_says_so_in_one_line(models, video, tm
 
 
 def test_progress_is_plain_lines_in_a_log(capsys):
-    from runtime.__main__ import Progress
+    from common.console import Progress
 
-    meter = Progress(total=50, every=0.0)  # stderr is captured here: not a terminal
+    meter = Progress(total=50, unit="frames", every=0.0)  # stderr is captured here: not a terminal
     for frames in (10, 20):
         meter.update(frames)
     meter.close(20)

@@ -131,6 +131,8 @@ def compact_ranges(values: Iterable[int]) -> str:
 
 # ---------------------------------------------------------------- images
 
+JPEG_TAIL = 1024  # bytes at a JPEG's end searched for its end-of-image marker
+
 
 def decode_image(path: Path) -> np.ndarray:
     """RGB uint8 [H, W, 3]; grayscale and palette images are expanded, alpha dropped."""
@@ -145,7 +147,7 @@ def decode_image(path: Path) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ReadError(f"{path}: cannot decode image ({data.size} bytes)")
-    if path.suffix.lower() in (".jpg", ".jpeg") and not _has_jpeg_end(data):
+    if path.suffix.lower() in (".jpg", ".jpeg") and not _has_jpeg_end(data[-JPEG_TAIL:].tobytes()):
         raise ReadError(f"{path}: JPEG is truncated (no end-of-image marker)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
@@ -163,18 +165,17 @@ def looks_readable(path: Path) -> bool:
                 return False
             if head.startswith(b"\xff\xd8"):
                 handle.seek(0, 2)
-                handle.seek(max(0, handle.tell() - 1024))
-                return b"\xff\xd9" in handle.read()
+                handle.seek(max(0, handle.tell() - JPEG_TAIL))
+                return _has_jpeg_end(handle.read())
             return True
     except OSError:
         return False
 
 
-def _has_jpeg_end(data: np.ndarray) -> bool:
+def _has_jpeg_end(tail: bytes) -> bool:
     """Some OpenCV builds decode a truncated JPEG into a half-grey picture without complaint; the end marker
     tells. Some writers pad after the marker, hence the search over the tail, not the last two bytes."""
-    tail = data[-1024:].tobytes()
-    return b"\xff\xd9" in tail
+    return b"\xff\xd9" in tail[-JPEG_TAIL:]
 
 
 class ImageFile(FrameSource):

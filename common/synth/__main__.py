@@ -26,6 +26,8 @@ from pathlib import Path
 
 import cv2
 
+from common.console import Progress
+
 from .face import AUS
 from .samples import EMOTIONS, KINDS, au_sample, emotion_sample, expression_clip
 
@@ -116,31 +118,13 @@ def _save_png(path: Path, rgb) -> None:
         raise OSError(f"could not write {path}")
 
 
-class _Progress:
-    """A live counter on a terminal; a plain line every tenth of the way in a log."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        self.live = sys.stderr.isatty()
-
-    def step(self) -> None:
-        self.done += 1
-        every = max(1, self.total // (100 if self.live else 10))
-        if self.done == self.total or self.done % every == 0:
-            text = f"{self.label}: {self.done}/{self.total}"
-            if self.live:
-                print(f"\r{text}", end="\n" if self.done == self.total else "", file=sys.stderr, flush=True)
-            else:
-                print(text, file=sys.stderr, flush=True)
-
-
 def _sample_seed(seed: int, subject: int, k: int) -> int:
     return seed * 1_000_003 + subject * 10_007 + k
 
 
 def write_emotion(args) -> int:
     rows = []
-    progress = _Progress(len(args.subjects) * args.per_subject, "emotion")
+    progress = Progress(len(args.subjects) * args.per_subject, "emotion faces")
     for subject in args.subjects:
         for k in range(args.per_subject):
             label = (subject + k) % args.num_classes
@@ -149,13 +133,14 @@ def write_emotion(args) -> int:
             _save_png(args.out / rel, image)
             rows.append((rel.as_posix(), subject, label, EMOTIONS[label]))
             progress.step()
+    progress.close()
     _write_csv(args.out / "labels.csv", ("path", "subject", "label", "emotion"), rows)
     return len(rows)
 
 
 def write_au(args) -> int:
     rows = []
-    progress = _Progress(len(args.subjects) * args.per_subject, "au")
+    progress = Progress(len(args.subjects) * args.per_subject, "AU faces")
     for subject in args.subjects:
         for k in range(args.per_subject):
             image, aus = au_sample(subject, _sample_seed(args.seed, subject, k), args.size)
@@ -163,13 +148,14 @@ def write_au(args) -> int:
             _save_png(args.out / rel, image)
             rows.append((rel.as_posix(), subject, *(f"{aus[au]:.4f}" for au in AUS)))
             progress.step()
+    progress.close()
     _write_csv(args.out / "labels.csv", ("path", "subject", *(f"AU{au}" for au in AUS)), rows)
     return len(rows)
 
 
 def write_clip(args) -> int:
     rows = []
-    progress = _Progress(len(args.subjects) * args.per_subject, f"{args.kind} clips")
+    progress = Progress(len(args.subjects) * args.per_subject, f"{args.kind} clips")
     for subject in args.subjects:
         for k in range(args.per_subject):
             clip = expression_clip(subject, _sample_seed(args.seed, subject, k), kind=args.kind, fps=args.fps,
@@ -181,6 +167,7 @@ def write_clip(args) -> int:
             rows.append((rel.as_posix(), subject, clip.emotion, EMOTIONS[clip.emotion], clip.kind, clip.fps,
                          len(clip.frames), clip.onset, clip.apex, clip.offset, aus))
             progress.step()
+    progress.close()
     header = ("path", "subject", "emotion_label", "emotion", "kind", "fps", "n_frames", "onset", "apex", "offset", "aus")
     _write_csv(args.out / "labels.csv", header, rows)
     return len(rows)
@@ -206,10 +193,11 @@ def write_video(args) -> int:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (video.size, video.size))
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV cannot write this video (use .mp4 or .avi)")
-    progress = _Progress(video.n_frames, "frames")
+    progress = Progress(video.n_frames, "frames")
     for i in range(video.n_frames):
         writer.write(cv2.cvtColor(video.frame(i), cv2.COLOR_RGB2BGR))
         progress.step()
+    progress.close()
     writer.release()
     truth = path.with_name(path.stem + "_ground_truth.csv")
     _write_csv(truth, ("vid", "onset", "offset", "type", "apex", "emotion"),

@@ -372,4 +372,31 @@ std::vector<Interval> StreamingSpotter::emit(bool final) {
     return kept;
 }
 
+RecordedStream stream_recorded(const std::vector<double>& recorded_scores, const SpottingSettings& settings,
+                               double source_fps, const NpyArray& grey_faces, const std::vector<double>& numbers,
+                               int chunk) {
+    const StreamingSpotter* spotter = nullptr;
+    const std::size_t dim = settings.features.dim();
+    ScoreFunction rows = [&](const std::vector<float>&, int frames, int) {
+        std::size_t start = spotter->features().size() / dim - frames, end = start + frames;
+        if (end * 6 > recorded_scores.size())
+            throw std::runtime_error("the recording holds scores for " + std::to_string(recorded_scores.size() / 6) +
+                                     " frames; streaming reached frame " + std::to_string(end));
+        return std::vector<float>(recorded_scores.begin() + static_cast<std::ptrdiff_t>(start) * 6,
+                                  recorded_scores.begin() + static_cast<std::ptrdiff_t>(end) * 6);
+    };
+    StreamingSpotter streaming(rows, settings, source_fps, chunk);
+    spotter = &streaming;
+    RecordedStream out;
+    for (std::size_t i = 0; i < numbers.size(); ++i) {
+        auto found = streaming.push(frame_view(grey_faces, i), static_cast<std::int64_t>(numbers[i]));
+        out.intervals.insert(out.intervals.end(), found.begin(), found.end());
+    }
+    auto tail = streaming.flush();
+    out.intervals.insert(out.intervals.end(), tail.begin(), tail.end());
+    out.features = streaming.features();
+    out.step = streaming.step();
+    return out;
+}
+
 }  // namespace facex

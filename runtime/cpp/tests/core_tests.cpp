@@ -192,23 +192,10 @@ void streaming_cases(const fs::path& folder) {
         std::vector<double> numbers = facex::read_npy((c / "numbers.npy").string()).values();
         std::vector<double> stored = facex::read_npy((c / "scores.npy").string()).values();
         std::vector<double> python_features = facex::read_npy((c / "features.npy").string()).values();
-        const int dim = settings.features.dim();
-        facex::StreamingSpotter* spotter = nullptr;
-        facex::ScoreFunction rows = [&](const std::vector<float>&, int frames, int) {
-            std::size_t total = spotter->features().size() / dim, start = total - frames;
-            return std::vector<float>(stored.begin() + start * 6, stored.begin() + (start + frames) * 6);
-        };
-        facex::StreamingSpotter streaming(rows, settings, spec["fps"].number(), static_cast<int>(spec["chunk"].number()));
-        spotter = &streaming;
-        std::vector<facex::Interval> intervals;
-        for (std::size_t i = 0; i < numbers.size(); ++i) {
-            auto found = streaming.push(facex::frame_view(faces, i), static_cast<std::int64_t>(numbers[i]));
-            intervals.insert(intervals.end(), found.begin(), found.end());
-        }
-        auto tail = streaming.flush();
-        intervals.insert(intervals.end(), tail.begin(), tail.end());
+        facex::RecordedStream streamed = facex::stream_recorded(stored, settings, spec["fps"].number(), faces, numbers,
+                                                                static_cast<int>(spec["chunk"].number()));
         double feature_error = 0;
-        const auto& features = streaming.features();
+        const auto& features = streamed.features;
         check(features.size() == python_features.size(), c.filename().string() + ": as many feature rows as Python");
         for (std::size_t i = 0; i < std::min(features.size(), python_features.size()); ++i)
             feature_error = std::max(feature_error, std::abs(features[i] - python_features[i]));
@@ -218,8 +205,8 @@ void streaming_cases(const fs::path& folder) {
         check(feature_error <= spec["feature_tolerance"].number(), c.filename().string() + text);
         Json offline = Json::parse_file((c / "offline.json").string());
         check(offline.size() > 0, c.filename().string() + ": the video has intervals to find");
-        check(same_intervals(intervals, offline),
-              c.filename().string() + ": streaming intervals equal offline spotting: " + intervals_text(intervals));
+        check(same_intervals(streamed.intervals, offline),
+              c.filename().string() + ": streaming intervals equal offline spotting: " + intervals_text(streamed.intervals));
     }
 }
 

@@ -183,33 +183,19 @@ void replay_spotting(Replay& r, const facex::ModelInfo& info) {
     NpyArray faces = r.npy("spotting", "faces");
     std::vector<double> numbers = r.npy("spotting", "numbers").values();
     std::vector<double> stored_scores = r.npy("spotting", "scores").values();
-    const int dim = settings.features.dim();
-    // the stored scores are the model on the whole sequence; a window's scores are its rows (the network is local)
-    facex::StreamingSpotter* spotter = nullptr;
-    facex::ScoreFunction rows = [&](const std::vector<float>&, int frames, int) {
-        std::size_t total = spotter->features().size() / dim, start = total - frames;
-        return std::vector<float>(stored_scores.begin() + start * 6, stored_scores.begin() + (start + frames) * 6);
-    };
-    facex::StreamingSpotter streaming(rows, settings, r.index()["fps"].number());
-    spotter = &streaming;
-    std::vector<facex::Interval> intervals;
-    for (std::size_t i = 0; i < numbers.size(); ++i) {
-        auto found = streaming.push(facex::frame_view(faces, i), static_cast<std::int64_t>(numbers[i]));
-        intervals.insert(intervals.end(), found.begin(), found.end());
-    }
-    auto tail = streaming.flush();
-    intervals.insert(intervals.end(), tail.begin(), tail.end());
-    r.report("spotting", "features", max_difference(as_double(streaming.features()), r.npy("spotting", "input").values()),
+    facex::RecordedStream streamed =
+        facex::stream_recorded(stored_scores, settings, r.index()["fps"].number(), faces, numbers);
+    r.report("spotting", "features", max_difference(as_double(streamed.features), r.npy("spotting", "input").values()),
              r.tolerance("spotting", "input"));
     // offline on the stored scores, and streaming fed the same scores: both must give the stored intervals
     std::vector<std::int64_t> kept;
-    for (std::size_t i = 0; i < numbers.size(); i += streaming.step()) kept.push_back(static_cast<std::int64_t>(numbers[i]));
+    for (std::size_t i = 0; i < numbers.size(); i += streamed.step) kept.push_back(static_cast<std::int64_t>(numbers[i]));
     std::vector<float> scores(stored_scores.begin(), stored_scores.end());
-    double fps = r.index()["fps"].number() / streaming.step();
-    auto offline = facex::spot(scores, kept, settings.spot_settings(fps, streaming.step()), streaming.step());
+    double fps = r.index()["fps"].number() / streamed.step;
+    auto offline = facex::spot(scores, kept, settings.spot_settings(fps, streamed.step), streamed.step);
     Json stored = r.json("spotting", "intervals");
     r.report("spotting", "intervals", interval_difference(offline, stored), 1e-6);
-    r.report("spotting", "streaming", interval_difference(intervals, stored), 1e-6);
+    r.report("spotting", "streaming", interval_difference(streamed.intervals, stored), 1e-6);
 }
 
 #ifdef FACEX_WITH_ORT

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "facex/json.hpp"
+#include "facex/npy.hpp"
 
 namespace facex {
 
@@ -127,5 +128,17 @@ class StreamingSpotter {
     std::int64_t seen_ = 0;
     std::size_t cut_ = 0;
 };
+
+// Streaming over scores recorded for the whole video (golden vectors, a model run offline): a window's scores are
+// its rows of the recording, exact because the spotting network sees only nearby frames. It checks the streaming
+// mechanics (features, windows, emission) apart from a model.
+struct RecordedStream {
+    std::vector<Interval> intervals;
+    std::vector<float> features;  // [frames x dim]
+    int step = 1;
+};
+RecordedStream stream_recorded(const std::vector<double>& recorded_scores, const SpottingSettings& settings,
+                               double source_fps, const NpyArray& grey_faces, const std::vector<double>& numbers,
+                               int chunk = 64);
 
 }  // namespace facex
